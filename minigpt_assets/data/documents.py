@@ -1,0 +1,119 @@
+"""The normalized document record and its Parquet shards: schema, a bounded-memory shard writer, readers.
+
+Every stage of the data half reads and writes shards of this one schema:
+id, text, source, domain, provenance (where the record came from: file and line/row), meta (JSON string).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+
+DOCUMENT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("source", pa.string()),
+        ("domain", pa.string()),
+        ("provenance", pa.string()),
+        ("meta", pa.string()),
+    ]
+)
+COLUMNS = DOCUMENT_SCHEMA.names
+
+
+def make_doc_id(source: str, key: str) -> str:
+    """A stable document id from the source name and a stable key (a record id, or file + line)."""
+    return f"{source}/{xxhash.xxh3_64_hexdigest(key.encode('utf-8', 'surrogatepass'))}"
+
+
+def document(id: str, text: str, source: str, domain: str, provenance: str, meta: dict | None = None) -> dict:
+    return {"id": id, "text": text, "source": source, "domain": domain, "provenance": provenance,
+            "meta": json.dumps(meta or {}, ensure_ascii=False, sort_keys=True, default=str)}
+
+
+@dataclass
+class ShardInfo:
+    path: Path
+    documents: int
+    bytes: int  # UTF-8 bytes of the text column
+
+
+@dataclass
+class ShardWriter:
+    """Buffer documents and write `<prefix>-00000.parquet`, ... of at most `max_documents` rows / `max_bytes`.
+
+    Memory stays bounded by one shard's buffer, whatever the size of the input.
+    """
+
+    out_dir: Path
+    prefix: str = "shard"
+    max_documents: int = 20_000
+    max_bytes: int = 64 << 20
+    schema: pa.Schema = DOCUMENT_SCHEMA
+    shards: list[ShardInfo] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._rows: list[dict] = []
+        self._bytes = 0
+
+    def write(self, doc: dict) -> None:
+        self._rows.append(doc)
+        self._bytes += len(doc["text"].encode("utf-8", "surrogatepass")) if "text" in doc else 0
+        if len(self._rows) >= self.max_documents or self._bytes >= self.max_bytes:
+            self.flush()
+
+    def write_many(self, docs: Iterable[dict]) -> None:
+        for d in docs:
+            self.write(d)
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        path = self.out_dir / f"{self.prefix}-{len(self.shards):05d}.parquet"
+        table = pa.Table.from_pylist(self._rows, schema=self.schema)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+        self.shards.append(ShardInfo(path, len(self._rows), self._bytes))
+        self._rows, self._bytes = [], 0
+
+    def close(self) -> list[ShardInfo]:
+        self.flush()
+        return self.shards
+
+    @property
+    def documents(self) -> int:
+        return sum(s.documents for s in self.shards) + len(self._rows)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.shards) + self._bytes
+
+
+def iter_batches(paths: Iterable[Path], columns: list[str] | None = None,
+                 batch_size: int = 2048) -> Iterator[pa.RecordBatch]:
+    """Stream record batches from Parquet shards without loading whole files."""
+    for p in paths:
+        pf = pq.ParquetFile(p)
+        yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+
+
+def iter_documents(paths: Iterable[Path], columns: list[str] | None = None,
+                   batch_size: int = 2048) -> Iterator[dict[str, Any]]:
+    for batch in iter_batches(paths, columns, batch_size):
+        yield from batch.to_pylist()
+
+
+def count_documents(paths: Iterable[Path]) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)

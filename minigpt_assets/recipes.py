@@ -1,0 +1,501 @@
+"""Recipe schemas: load, validate, cross-check, normalize and hash every YAML recipe under the recipes dir.
+
+Recipes are the only knobs of the project. Every problem is reported as one line naming the file, the field
+and what was expected (`RecipeProblem`); `Catalog.load` collects all of them instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sysconfig
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+RECIPE_KINDS = ("sources", "filters", "classifiers", "dedup", "mixtures")
+
+
+class Model(BaseModel):
+    """Strict base: unknown fields are errors, so a typo never silently becomes a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------- filters
+class LengthFilter(Model):
+    """Character and word bounds; the cheapest rules, applied first."""
+
+    min_chars: int | None = Field(None, ge=0)
+    max_chars: int | None = Field(None, gt=0)
+
+
+class GopherQuality(Model):
+    """Gopher (Rae et al. 2021, appendix A) document quality rules; null disables a rule."""
+
+    min_words: int | None = Field(50, ge=0)
+    max_words: int | None = Field(100_000, gt=0)
+    min_mean_word_length: float | None = Field(3.0, ge=0)
+    max_mean_word_length: float | None = Field(10.0, gt=0)
+    max_symbol_word_ratio: float | None = Field(0.1, ge=0)
+    max_bullet_lines_ratio: float | None = Field(0.9, ge=0, le=1)
+    max_ellipsis_lines_ratio: float | None = Field(0.3, ge=0, le=1)
+    min_alpha_words_ratio: float | None = Field(0.8, ge=0, le=1)
+    min_stop_words: int | None = Field(2, ge=0)
+    stop_words: tuple[str, ...] = ("the", "be", "to", "of", "and", "that", "have", "with")
+
+
+class GopherRepetition(Model):
+    """Gopher repetition rules: duplicated lines/paragraphs and n-gram repetition, as fractions."""
+
+    max_duplicate_line_fraction: float | None = Field(0.30, ge=0, le=1)
+    max_duplicate_paragraph_fraction: float | None = Field(0.30, ge=0, le=1)
+    max_duplicate_line_char_fraction: float | None = Field(0.20, ge=0, le=1)
+    max_duplicate_paragraph_char_fraction: float | None = Field(0.20, ge=0, le=1)
+    max_top_ngram_char_fraction: dict[int, float] = Field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
+    max_duplicate_ngram_char_fraction: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+    )
+
+
+class C4Filter(Model):
+    """C4 (Raffel et al. 2020) page-level rules, as document filters (nothing is rewritten)."""
+
+    filter_lorem_ipsum: bool = True
+    filter_curly_bracket: bool = True
+    min_sentences: int | None = Field(3, ge=0)
+    max_policy_line_fraction: float | None = Field(0.5, ge=0, le=1)
+    min_terminal_punct_line_fraction: float | None = Field(None, ge=0, le=1)
+    bad_words: tuple[str, ...] = ()
+
+
+class CodeFilter(Model):
+    """Rules for source code in the style of The Stack / StarCoder: line lengths and character mix."""
+
+    max_line_length: int | None = Field(1000, gt=0)
+    max_mean_line_length: float | None = Field(100.0, gt=0)
+    min_alnum_fraction: float | None = Field(0.25, ge=0, le=1)
+    max_generated_marker: bool = True
+
+
+class LanguageFilter(Model):
+    """Keep documents whose identified language is listed, with at least `min_score` confidence."""
+
+    languages: tuple[str, ...] = ("en",)
+    min_score: float = Field(0.65, ge=0, le=1)
+
+
+class QualityFilter(Model):
+    """Keep documents whose fastText quality score (P(positive)) is at least `min_score`."""
+
+    classifier: str
+    min_score: float = Field(0.5, ge=0, le=1)
+
+
+class FilterProfile(Model):
+    """A filter profile: which rule families run, with their thresholds. A missing family does not run."""
+
+    length: LengthFilter | None = None
+    gopher_quality: GopherQuality | None = None
+    gopher_repetition: GopherRepetition | None = None
+    c4: C4Filter | None = None
+    code: CodeFilter | None = None
+    language: LanguageFilter | None = None
+    quality: QualityFilter | None = None
+
+
+# --------------------------------------------------------------------------------------------- sources
+class SourceDedup(Model):
+    """Which dedup group a source joins (null: no dedup) and its priority inside the group (higher wins)."""
+
+    group: str | None = "default"
+    priority: int = 0
+
+
+class SourceBase(Model):
+    domain: str
+    license: str = "unknown"
+    description: str = ""
+    optional: bool = False
+    filters: str | FilterProfile | None = None
+    dedup: SourceDedup = SourceDedup()
+    limit_documents: int | None = Field(None, gt=0)
+    shard_documents: int = Field(20_000, gt=0)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain_slug(cls, v: str) -> str:
+        if not SLUG.match(v):
+            raise ValueError(f"expected a slug of [a-z0-9_-] (got {v!r})")
+        return v
+
+
+class JsonlSource(SourceBase):
+    """JSON lines, plain or .gz / .zst compressed (by file ending); a path, a glob or a directory."""
+
+    kind: Literal["jsonl"]
+    location: str
+    text_field: str = "text"
+    id_field: str | None = None
+
+
+class ParquetSource(SourceBase):
+    """Parquet files: a local path/glob/directory or any fsspec URL (s3://, gs://, memory://, file://)."""
+
+    kind: Literal["parquet"]
+    location: str
+    text_field: str = "text"
+    id_field: str | None = None
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TextDirSource(SourceBase):
+    """A directory of text files: one document per file, or per chunk when `split_on` is given."""
+
+    kind: Literal["text_dir"]
+    location: str
+    include: tuple[str, ...] = ("**/*.txt",)
+    exclude: tuple[str, ...] = ()
+    split_on: str | None = None
+    encoding: str = "utf-8"
+
+
+class CodeTreeSource(SourceBase):
+    """A source-code tree: one document per file, language tag from the file extension."""
+
+    kind: Literal["code_tree"]
+    location: str
+    include: tuple[str, ...] = ("**/*.py",)
+    exclude: tuple[str, ...] = ()
+    max_file_bytes: int = Field(1_000_000, gt=0)
+
+
+class HFDatasetSource(SourceBase):
+    """A Hugging Face dataset: a `save_to_disk` folder, or a name resolved from the local cache (offline)."""
+
+    kind: Literal["hf_dataset"]
+    location: str
+    split: str = "train"
+    config_name: str | None = None
+    text_field: str = "text"
+    id_field: str | None = None
+
+
+class DuckDBSource(SourceBase):
+    """Rows of a DuckDB SQL query over files (read_parquet, read_json, read_csv...)."""
+
+    kind: Literal["duckdb_sql"]
+    query: str
+    text_field: str = "text"
+    id_field: str | None = None
+
+
+class BuiltinSource(SourceBase):
+    """A corpus built from what the machine has (stdlib docstrings, man pages) or generated (web-like, spam)."""
+
+    kind: Literal["builtin"]
+    generator: Literal["python_docstrings", "man_pages", "synthetic_web", "synthetic_spam"]
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+SourceRecipe = Annotated[
+    Union[JsonlSource, ParquetSource, TextDirSource, CodeTreeSource, HFDatasetSource, DuckDBSource, BuiltinSource],
+    Field(discriminator="kind"),
+]
+SOURCE_KINDS = ("jsonl", "parquet", "text_dir", "code_tree", "hf_dataset", "duckdb_sql", "builtin")
+
+
+class _SourceFile(BaseModel):
+    source: SourceRecipe
+
+
+# --------------------------------------------------------------------------------------------- classifiers / dedup
+class ClassifierRecipe(Model):
+    """A fastText quality classifier trained on raw documents of positive vs negative sources (DCLM-style)."""
+
+    positive: tuple[str, ...] = Field(min_length=1)
+    negative: tuple[str, ...] = Field(min_length=1)
+    max_documents_per_class: int = Field(5000, gt=0)
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    epochs: int = Field(5, gt=0)
+    lr: float = Field(0.1, gt=0)
+    word_ngrams: int = Field(2, ge=1)
+    dim: int = Field(64, gt=0)
+    min_count: int = Field(1, ge=1)
+    seed: int = 0
+
+
+class DedupRecipe(Model):
+    """One dedup universe: exact (normalized hash) and near-duplicate (MinHash LSH) settings shared by its sources."""
+
+    exact: bool = True
+    near: bool = True
+    threshold: float = Field(0.8, gt=0, lt=1)
+    num_perm: int = Field(128, ge=16, le=1024)
+    shingle_size: int = Field(5, ge=1)
+    seed: int = 1
+    verify_candidates: bool = True
+
+
+# --------------------------------------------------------------------------------------------- mixtures
+class MixtureRecipe(Model):
+    """A training mixture: source weights (shares of tokens) and the token budget. Planned in a later stage."""
+
+    sources: dict[str, float] = Field(min_length=1)
+    tokenizer: str | None = None
+    total_tokens: int = Field(1_000_000, gt=0)
+    seq_len: int = Field(512, gt=0)
+    validation_tokens: int = Field(50_000, ge=0)
+    seed: int = 0
+    max_epochs: float = Field(4.0, gt=0)
+
+    @field_validator("sources")
+    @classmethod
+    def _positive_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, w in v.items() if not w > 0]
+        if bad:
+            raise ValueError(f"weights must be > 0 (got {', '.join(f'{k}={v[k]}' for k in bad)})")
+        return v
+
+
+# --------------------------------------------------------------------------------------------- loading
+class RecipeProblem(Model):
+    file: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.field}" if self.field else self.file
+        return f"{where}: {self.message}"
+
+
+class RecipeError(Exception):
+    """Raised with every problem found; str() is one line per problem (no traceback material)."""
+
+    def __init__(self, problems: list[RecipeProblem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+_MODELS: dict[str, Any] = {
+    "filters": FilterProfile,
+    "classifiers": ClassifierRecipe,
+    "dedup": DedupRecipe,
+    "mixtures": MixtureRecipe,
+}
+
+
+def expand_location(location: str) -> str:
+    """Expand `${stdlib}`, `${VAR}` and `~` in a recipe location (URLs pass through unchanged)."""
+    mapping = dict(os.environ)
+    mapping["stdlib"] = sysconfig.get_paths()["stdlib"]
+    out = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: mapping.get(m.group(1), m.group(0)), location)
+    return os.path.expanduser(out)
+
+
+def is_url(location: str) -> bool:
+    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", location))
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "source"]
+    # drop the discriminated-union tag pydantic inserts (e.g. 'jsonl') right after the root
+    if parts and parts[0] in SOURCE_KINDS:
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+def _format_validation(file: str, err: ValidationError) -> list[RecipeProblem]:
+    problems = []
+    for e in err.errors():
+        field = _field_path(tuple(e["loc"]))
+        msg = e["msg"]
+        if e["type"] == "missing":
+            msg = "required field is missing"
+        elif e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "union_tag_invalid":
+            field = "kind"
+            msg = f"unknown kind {e['input'].get('kind')!r} (expected one of {', '.join(SOURCE_KINDS)})"
+        elif e["type"] == "union_tag_not_found":
+            field = "kind"
+            msg = f"required field is missing (expected one of {', '.join(SOURCE_KINDS)})"
+        else:
+            msg = msg.removeprefix("Value error, ")
+            if isinstance(e.get("input"), (int, float, str, bool)) and e["type"] != "value_error":
+                msg = f"{msg} (got {e['input']!r})"
+        problems.append(RecipeProblem(file=file, field=field, message=msg.replace("\n", " ")))
+    return problems
+
+
+def _read_yaml(path: Path, rel: str) -> tuple[dict | None, list[RecipeProblem]]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        return None, [RecipeProblem(file=rel, field=where, message=f"invalid YAML: {problem}")]
+    except (OSError, UnicodeDecodeError) as e:
+        return None, [RecipeProblem(file=rel, field="", message=f"cannot read: {e}")]
+    if not isinstance(data, dict):
+        return None, [RecipeProblem(file=rel, field="", message="expected a YAML mapping at the top level")]
+    return data, []
+
+
+def canonical_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON form of a pydantic model or plain data."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+class Catalog:
+    """Every recipe under one recipes dir, validated and cross-checked."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.sources: dict[str, Any] = {}
+        self.filters: dict[str, FilterProfile] = {}
+        self.classifiers: dict[str, ClassifierRecipe] = {}
+        self.dedup: dict[str, DedupRecipe] = {}
+        self.mixtures: dict[str, MixtureRecipe] = {}
+        self.problems: list[RecipeProblem] = []
+
+    # -- loading
+    @classmethod
+    def load(cls, root: str | Path, check_files: bool = True) -> "Catalog":
+        cat = cls(Path(root))
+        if not cat.root.is_dir():
+            cat.problems.append(RecipeProblem(file=str(root), field="", message="recipes directory does not exist"))
+            return cat
+        for kind in RECIPE_KINDS:
+            for path in sorted((cat.root / kind).glob("*.y*ml")):
+                cat._load_file(kind, path)
+        cat._cross_check(check_files)
+        return cat
+
+    @classmethod
+    def load_or_raise(cls, root: str | Path, check_files: bool = True) -> "Catalog":
+        cat = cls.load(root, check_files)
+        if cat.problems:
+            raise RecipeError(cat.problems)
+        return cat
+
+    def _rel(self, path: Path) -> str:
+        """The path as the user would type it: relative to the working directory when inside it."""
+        rel = os.path.relpath(path)
+        return rel if not rel.startswith("..") else str(path)
+
+    def _load_file(self, kind: str, path: Path) -> None:
+        rel = self._rel(path)
+        name = path.stem
+        if not SLUG.match(name):
+            self.problems.append(RecipeProblem(file=rel, field="", message="file name must be a slug of [a-z0-9_-]"))
+            return
+        data, problems = _read_yaml(path, rel)
+        if problems:
+            self.problems.extend(problems)
+            return
+        try:
+            if kind == "sources":
+                recipe = _SourceFile.model_validate({"source": data}).source
+            else:
+                recipe = _MODELS[kind].model_validate(data)
+        except ValidationError as e:
+            self.problems.extend(_format_validation(rel, e))
+            return
+        getattr(self, kind)[name] = recipe
+
+    def _cross_check(self, check_files: bool) -> None:
+        src_dir = "sources"
+        for name, src in self.sources.items():
+            rel = f"{self._rel(self.root / src_dir / name)}.yaml"
+            if isinstance(src.filters, str) and src.filters not in self.filters:
+                self._problem(rel, "filters", f"unknown filter profile {src.filters!r} "
+                                              f"(known: {', '.join(sorted(self.filters)) or 'none'})")
+            if src.dedup.group is not None and src.dedup.group not in self.dedup:
+                self._problem(rel, "dedup.group", f"unknown dedup group {src.dedup.group!r} "
+                                                  f"(known: {', '.join(sorted(self.dedup)) or 'none'})")
+            profile = self.filter_profile(name)
+            if profile is not None and profile.quality is not None and profile.quality.classifier not in self.classifiers:
+                self._problem(rel, "filters.quality.classifier",
+                              f"unknown classifier {profile.quality.classifier!r}")
+            if check_files and not src.optional:
+                missing = missing_location(src)
+                if missing:
+                    self._problem(rel, "location", missing)
+        for name, clf in self.classifiers.items():
+            rel = f"{self._rel(self.root / 'classifiers' / name)}.yaml"
+            for side in ("positive", "negative"):
+                for s in getattr(clf, side):
+                    if s not in self.sources:
+                        self._problem(rel, side, f"unknown source name {s!r}")
+        for fname, prof in self.filters.items():
+            if prof.quality is not None and prof.quality.classifier not in self.classifiers:
+                self._problem(f"{self._rel(self.root / 'filters' / fname)}.yaml", "quality.classifier",
+                              f"unknown classifier {prof.quality.classifier!r}")
+        for name, mix in self.mixtures.items():
+            rel = f"{self._rel(self.root / 'mixtures' / name)}.yaml"
+            for s in mix.sources:
+                if s not in self.sources:
+                    self._problem(rel, f"sources.{s}", "unknown source name")
+
+    def _problem(self, file: str, field: str, message: str) -> None:
+        p = RecipeProblem(file=file, field=field, message=message)
+        if p not in self.problems:
+            self.problems.append(p)
+
+    # -- resolved views
+    def filter_profile(self, source: str) -> FilterProfile | None:
+        f = self.sources[source].filters
+        if isinstance(f, str):
+            return self.filters.get(f)
+        return f
+
+    def resolved_source(self, source: str) -> dict[str, Any]:
+        """The source recipe with its named filter profile inlined: what `source_recipe` hashes."""
+        d = self.sources[source].model_dump(mode="json")
+        prof = self.filter_profile(source)
+        d["filters"] = prof.model_dump(mode="json") if prof is not None else None
+        return d
+
+    def source_hash(self, source: str) -> str:
+        return canonical_hash(self.resolved_source(source))
+
+    def classifier_hash(self, name: str) -> str:
+        return canonical_hash(self.classifiers[name])
+
+    def dedup_hash(self, group: str) -> str:
+        return canonical_hash(self.dedup[group])
+
+    def mixture_hash(self, name: str) -> str:
+        return canonical_hash(self.mixtures[name])
+
+    def classifiers_for_source(self, source: str) -> list[str]:
+        prof = self.filter_profile(source)
+        return [prof.quality.classifier] if prof is not None and prof.quality is not None else []
+
+    def group_members(self, group: str) -> list[str]:
+        return sorted(n for n, s in self.sources.items() if s.dedup.group == group)
+
+
+def missing_location(src: Any) -> str | None:
+    """A one-line description of why a source's location cannot be found, or None if it can (URLs not probed)."""
+    loc = getattr(src, "location", None)
+    if loc is None or src.kind == "hf_dataset" and not any(c in loc for c in "/\\.~$"):
+        return None  # builtin and duckdb sources, and hf hub names (checked at read time, offline cache)
+    if is_url(loc) and not loc.startswith("file://"):
+        return None
+    path = expand_location(loc.removeprefix("file://"))
+    if any(ch in path for ch in "*?["):
+        import glob as _glob
+
+        return None if _glob.glob(path, recursive=True) else f"no file matches {loc!r}"
+    return None if Path(path).exists() else f"file or directory not found: {path}"
