@@ -415,6 +415,8 @@ class Catalog:
 
     def _cross_check(self, check_files: bool) -> None:
         src_dir = "sources"
+        if "default" not in self.dedup and any(s.dedup.group == "default" for s in self.sources.values()):
+            self.dedup["default"] = DedupRecipe()  # implicit group with default settings
         for name, src in self.sources.items():
             rel = f"{self._rel(self.root / src_dir / name)}.yaml"
             if isinstance(src.filters, str) and src.filters not in self.filters:

@@ -3,11 +3,42 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_HOME = "./.minigpt"
 DEFAULT_RECIPES = "./recipes"
+
+
+class Profile(BaseModel):
+    """A deployment profile from resources/<name>.yaml: how runs execute on this kind of machine."""
+
+    model_config = ConfigDict(extra="forbid")
+    executor: Literal["multiprocess", "in_process"] = "multiprocess"
+    max_concurrent: int = Field(2, gt=0)
+    workers: int | None = Field(None, gt=0)
+
+
+def load_profile(name: str | None = None) -> Profile:
+    """Read the profile named by MINIGPT_PROFILE (default `local`); a missing file means defaults."""
+    from minigpt_assets.recipes import RecipeError, RecipeProblem, _format_validation
+
+    name = name or os.environ.get("MINIGPT_PROFILE") or "local"
+    path = Path(os.environ.get("MINIGPT_RESOURCES") or "./resources") / f"{name}.yaml"
+    if not path.exists():
+        if name != "local":
+            raise RecipeError([RecipeProblem(file=str(path), field="", message="deployment profile not found")])
+        return Profile()
+    try:
+        return Profile.model_validate(yaml.safe_load(path.read_text()) or {})
+    except ValidationError as e:
+        raise RecipeError(_format_validation(str(path), e)) from None
+    except yaml.YAMLError as e:
+        raise RecipeError([RecipeProblem(file=str(path), field="", message=f"invalid YAML: {e}")]) from None
 
 
 @dataclass(frozen=True)
@@ -15,13 +46,16 @@ class Settings:
     home: Path
     recipes: Path
     workers: int
+    profile: Profile = field(default_factory=Profile)
 
     @classmethod
     def from_env(cls, home: str | None = None, recipes: str | None = None, workers: int | None = None) -> "Settings":
         home_p = Path(home or os.environ.get("MINIGPT_HOME") or DEFAULT_HOME).expanduser().resolve()
         rec_p = Path(recipes or os.environ.get("MINIGPT_RECIPES") or DEFAULT_RECIPES).expanduser().resolve()
-        n = workers or int(os.environ.get("MINIGPT_WORKERS", "0") or 0) or max(1, min(os.cpu_count() or 1, 8))
-        return cls(home=home_p, recipes=rec_p, workers=n)
+        profile = load_profile()
+        n = (workers or int(os.environ.get("MINIGPT_WORKERS", "0") or 0) or profile.workers
+             or max(1, min(os.cpu_count() or 1, 8)))
+        return cls(home=home_p, recipes=rec_p, workers=n, profile=profile)
 
     def export(self) -> None:
         """Make child processes (Dagster's run workers, subprocess launches) see the same locations."""

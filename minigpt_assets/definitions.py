@@ -1,0 +1,48 @@
+"""The Dagster code location: Definitions built from the recipes dir, the stage modules in defs/, and resources.
+
+Recipes are validated at load time; a bad recipe fails the load with one line per problem (file: field: what was
+expected), so `dagster dev`, `dagster asset materialize` and `minigpt validate` all show the same message.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from minigpt_assets.defs import dedup, filters, quality, recipe_assets, sources
+from minigpt_assets.defs.automation import automation_sensor
+from minigpt_assets.defs.partitions import Partitions
+from minigpt_assets.defs.resources import ProjectResource
+from minigpt_assets.recipes import Catalog
+from minigpt_assets.settings import Settings
+
+
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    settings = settings or Settings.from_env()
+    cat = Catalog.load_or_raise(settings.recipes)
+    if not cat.sources:
+        return dg.Definitions(resources={"project": ProjectResource.from_settings(settings)})
+    parts = Partitions.from_catalog(cat)
+    recipes = recipe_assets.build(cat, parts)
+    stage_defs = [
+        *sources.build(cat, parts, recipes),
+        *quality.build(cat, parts, recipes),
+        *filters.build(cat, parts, recipes),
+        *dedup.build(cat, parts, recipes),
+    ]
+    checks = [d for d in stage_defs if isinstance(d, dg.AssetChecksDefinition)]
+    assets = [*recipes.values()] + [d for d in stage_defs if not isinstance(d, dg.AssetChecksDefinition)]
+    p = settings.profile
+    executor = (dg.in_process_executor if p.executor == "in_process"
+                else dg.multiprocess_executor.configured({"max_concurrent": p.max_concurrent}))
+    return dg.Definitions(
+        assets=assets,
+        executor=executor,
+        asset_checks=checks,
+        sensors=[automation_sensor()],
+        resources={"project": ProjectResource.from_settings(settings)},
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions()

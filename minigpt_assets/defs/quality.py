@@ -1,0 +1,54 @@
+"""quality_classifier[classifier]: a fastText quality model trained on positive vs negative sources (DCLM-style)."""
+
+
+import dagster as dg
+
+from minigpt_assets.data.quality import train_classifier
+from minigpt_assets.defs.automation import ON_DATA_OR_CODE_CHANGE
+from minigpt_assets.defs.common import artifact_metadata
+from minigpt_assets.defs.partitions import Partitions, source_to_classifier
+from minigpt_assets.defs.resources import ProjectResource
+from minigpt_assets.defs.sources import ASSET as SOURCE_ASSET
+from minigpt_assets.recipes import Catalog
+
+ASSET = "quality_classifier"
+
+
+def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
+    if parts.classifiers is None:
+        return []
+
+    @dg.asset(name=ASSET, partitions_def=parts.classifiers, group_name="data",
+              deps=[recipe_assets["classifier_recipe"],
+                    dg.AssetDep(SOURCE_ASSET, partition_mapping=source_to_classifier(cat))],
+              code_version="quality_classifier-v1", automation_condition=ON_DATA_OR_CODE_CHANGE,
+              kinds={"fasttext"})
+    def quality_classifier(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
+        """Train the classifier named by the partition on raw documents of its positive and negative sources."""
+        name = context.partition_key
+        cat = project.catalog()
+        recipe = cat.classifiers[name]
+        store = project.store()
+
+        def shards(sources):
+            return [p for s in sources for p in store.require(SOURCE_ASSET, s).files(".parquet", "shard")]
+
+        with store.stage(ASSET, name) as st:
+            metrics = train_classifier(shards(recipe.positive), shards(recipe.negative), recipe, st.path)
+            art = st.publish(counts={k: v for k, v in metrics.items()},
+                             meta={"recipe_hash": cat.classifier_hash(name)})
+        project.stats().write("classifier_stats", name, [
+            {"classifier": name, "split": k.split("_", 1)[0], "metric": k.split("_", 1)[1], "value": float(v)}
+            for k, v in metrics.items() if "_" in k])
+        context.log.info(f"{name}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                                for k, v in metrics.items()))
+        return dg.MaterializeResult(data_version=dg.DataVersion(art.version[:16]), metadata=artifact_metadata(art))
+
+    @dg.asset_check(asset=quality_classifier, name="better_than_chance", blocking=True,
+                    description="held-out accuracy of the classifier is above 0.6")
+    def better_than_chance(context: dg.AssetCheckExecutionContext, project: ProjectResource) -> dg.AssetCheckResult:
+        art = project.store().current(ASSET, context.partition_key)
+        acc = float(art.counts.get("validation_accuracy", 0.0)) if art else 0.0
+        return dg.AssetCheckResult(passed=acc > 0.6, metadata={"validation_accuracy": acc})
+
+    return [quality_classifier, better_than_chance]

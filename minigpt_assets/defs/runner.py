@@ -1,0 +1,124 @@
+"""Run the asset graph from Python (for `minigpt demo` / `minigpt materialize`) on the instance under MINIGPT_HOME.
+
+Each (asset, partition) is one Dagster run of the implicit asset job, in dependency order, so every run shows up
+in `dagster dev` (same DAGSTER_HOME) with its metadata, checks and lineage.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import dagster as dg
+
+from minigpt_assets.definitions import build_definitions
+from minigpt_assets.settings import Settings
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@dataclass
+class StepOutcome:
+    asset: str
+    partition: str | None
+    ok: bool
+    seconds: float
+    metadata: dict = field(default_factory=dict)
+    error: str = ""
+    checks_failed: list[str] = field(default_factory=list)
+
+
+def instance_for(settings: Settings) -> dg.DagsterInstance:
+    """The persistent SQLite instance under $MINIGPT_HOME/dagster (or $DAGSTER_HOME when set)."""
+    home = settings.dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    cfg = home / "dagster.yaml"
+    if not cfg.exists():
+        cfg.write_text("telemetry:\n  enabled: false\n")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
+
+
+def observe_recipes(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+    """Record the current recipe hashes as observations, so staleness in the UI reflects the files on disk."""
+    from dagster._core.definitions.observe import observe  # not exported in 1.13; kept in one place
+
+    graph = defs.resolve_asset_graph()
+    observables = [graph.get(k).assets_def for k in graph.get_all_asset_keys() if graph.get(k).is_observable]
+    for asset in observables:  # one at a time: they have different partitions definitions
+        observe([asset], instance=instance)
+
+
+def materialize_graph(settings: Settings, select: set[str] | None = None, partitions: set[str] | None = None,
+                      log: Callable[[str], None] = print) -> list[StepOutcome]:
+    """Materialize every selected asset partition in dependency order; stop a branch when a step fails."""
+    settings.export()
+    defs = build_definitions(settings)
+    instance = instance_for(settings)
+    observe_recipes(defs, instance)
+    graph = defs.resolve_asset_graph()
+    job = defs.resolve_implicit_global_asset_job_def()
+    outcomes: list[StepOutcome] = []
+    failed: set[tuple[str, str | None]] = set()
+    for key in graph.toposorted_asset_keys:
+        node = graph.get(key)
+        name = key.to_user_string()
+        if not node.is_materializable or (select and name not in select):
+            continue
+        pkeys = node.partitions_def.get_partition_keys() if node.partitions_def else [None]
+        for pk in pkeys:
+            if partitions and pk is not None and pk not in partitions:
+                continue
+            blocked = [f"{a}[{p}]" for (a, p) in failed
+                       if dg.AssetKey(a) in node.parent_keys]
+            if blocked:
+                outcomes.append(StepOutcome(name, pk, False, 0.0, error=f"skipped: upstream {blocked[0]} failed"))
+                failed.add((name, pk))
+                log(f"  skip {name}[{pk}]: upstream {blocked[0]} failed")
+                continue
+            t0 = time.time()
+            res = job.execute_in_process(asset_selection=[key], partition_key=pk, instance=instance,
+                                         raise_on_error=False, run_config=QUIET)
+            out = _outcome(name, pk, res, time.time() - t0)
+            outcomes.append(out)
+            if not out.ok:
+                failed.add((name, pk))
+            log(_describe(out))
+    return outcomes
+
+
+def _outcome(name: str, pk: str | None, res: dg.ExecuteInProcessResult, seconds: float) -> StepOutcome:
+    md: dict = {}
+    for ev in res.get_asset_materialization_events():
+        for k, v in ev.materialization.metadata.items():
+            md[k] = getattr(v, "value", v)
+    checks_failed = [e.asset_check_evaluation_data.check_name for e in res.all_events
+                     if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.asset_check_evaluation_data.passed]
+    error = ""
+    if not res.success:
+        for ev in res.all_events:
+            if ev.event_type_value == "STEP_FAILURE" and ev.step_failure_data and ev.step_failure_data.error:
+                err = ev.step_failure_data.error
+                while err.cause is not None and err.cls_name in ("DagsterExecutionStepExecutionError",):
+                    err = err.cause
+                error = err.message.strip().splitlines()[-1] if err.message.strip() else err.cls_name
+                break
+        error = error or "run failed"
+    return StepOutcome(name, pk, res.success and not checks_failed, seconds, md, error, checks_failed)
+
+
+def _describe(o: StepOutcome) -> str:
+    where = f"{o.asset}[{o.partition}]" if o.partition else o.asset
+    if o.error:
+        return f"  FAIL {where}: {o.error}"
+    if o.checks_failed:
+        return f"  FAIL {where}: blocking checks failed: {', '.join(o.checks_failed)}"
+    md = o.metadata
+    bits = [f"{md[k]} {k}" for k in ("documents", "removed", "exact_removed", "near_removed") if k in md]
+    if "validation_accuracy" in md:
+        bits.append(f"val acc {md['validation_accuracy']:.3f}")
+    if md.get("optional_missing"):
+        bits.append(f"optional source missing: {md['optional_missing']}")
+    return f"  ok   {where:<42} {o.seconds:6.1f}s  {', '.join(bits)}"

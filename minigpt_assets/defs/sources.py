@@ -1,0 +1,50 @@
+"""source_documents[source]: raw records of one source recipe as normalized, immutable Parquet shards."""
+
+
+import dagster as dg
+
+from minigpt_assets.data.sources import ingest_source
+from minigpt_assets.defs.automation import ON_DATA_OR_CODE_CHANGE
+from minigpt_assets.defs.common import artifact_checks, artifact_metadata, counts_table, preview_markdown
+from minigpt_assets.defs.partitions import Partitions
+from minigpt_assets.defs.resources import ProjectResource
+from minigpt_assets.recipes import Catalog
+
+ASSET = "source_documents"
+
+
+def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
+    @dg.asset(name=ASSET, partitions_def=parts.sources, deps=[recipe_assets["source_recipe"]],
+              group_name="data", code_version="source_documents-v1", automation_condition=ON_DATA_OR_CODE_CHANGE,
+              kinds={"parquet"})
+    def source_documents(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
+        """Read one source (jsonl, parquet, text dir, code tree, HF dataset, DuckDB query, builtin) into shards."""
+        name = context.partition_key
+        cat = project.catalog()
+        recipe = cat.sources[name]
+        store = project.store()
+        with store.stage(ASSET, name) as st:
+            res = ingest_source(name, recipe, st.path)
+            art = st.publish(
+                counts={"documents": res.documents, "bytes": res.bytes, "shards": len(res.shards),
+                        "rejected": sum(res.rejects.values())},
+                meta={"recipe_hash": cat.source_hash(name), "optional_missing": res.missing,
+                      "kind": recipe.kind, "domain": recipe.domain, "license": recipe.license},
+            )
+        if res.missing:
+            context.log.warning(f"optional source {name} skipped: {res.missing}")
+        stats = project.stats()
+        stats.write("source_stats", f"raw__{name}",
+                    [{"source": name, "stage": "raw", "documents": res.documents, "bytes": res.bytes}])
+        stats.write("source_errors", name, [
+            {"source": name, "reason": r, "count": c, "example": res.reject_examples.get(r, "")}
+            for r, c in sorted(res.rejects.items())])
+        context.log.info(f"{name}: {res.documents} documents, {res.bytes / 1e6:.1f} MB, "
+                         f"{sum(res.rejects.values())} rejected records in {len(res.shards)} shards")
+        extra = {"preview": dg.MetadataValue.md(preview_markdown(art.files(".parquet", "shard")))}
+        if res.rejects:
+            extra["rejected_by_reason"] = counts_table(res.rejects, "reason", "records")
+        return dg.MaterializeResult(data_version=dg.DataVersion(art.version[:16]),
+                                    metadata=artifact_metadata(art, extra))
+
+    return [source_documents, *artifact_checks(source_documents, ASSET, "documents")]
