@@ -217,10 +217,14 @@ def _spam_page(rng: random.Random, sents: tuple[str, ...], style: int) -> str:
     if style == 3:  # lorem ipsum filler around a real sentence
         return ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * rng.randint(5, 15)
                 + rng.choice(sents))
+    if style == 5:  # SEO page: real sentences around keyword lines; passes most heuristics, not the classifier
+        kw = [rng.choice(w) for _ in range(5)]
+        return "\n\n".join(f"{rng.choice(sents)} {' '.join(kw)} {rng.choice(sents)} Best {kw[0]} {kw[1]} "
+                            f"deals for the {kw[2]} and the {kw[3]} today." for _ in range(rng.randint(4, 8)))
     if style == 4:  # link farm
         return "\n".join(f"http://{rng.choice(w)}-{rng.choice(w)}.example/{rng.randint(1, 999)} "
                          f"{rng.choice(w)} {rng.choice(w)}" for _ in range(rng.randint(20, 40)))
-    # very short page
+    # style 6: a very short page
     return f"{rng.choice(w)} {rng.choice(w)}!"
 
 
@@ -238,7 +242,7 @@ def gen_synthetic_web(num_documents: int = 3000, seed: int = 13) -> Iterator[Ite
     pages += [("clean", t) for t in clean]
     pages += [("exact_dup", rng.choice(clean)) for _ in range(counts["exact_dup"])]
     pages += [("near_dup", _near_dup(rng, rng.choice(clean))) for _ in range(counts["near_dup"])]
-    pages += [("spam", _spam_page(rng, sents, i % 6)) for i in range(counts["spam"])]
+    pages += [("spam", _spam_page(rng, sents, i % 7)) for i in range(counts["spam"])]
     langs = sorted(FOREIGN)
     for i in range(counts["foreign"]):
         pool = FOREIGN[langs[i % len(langs)]]

@@ -213,7 +213,7 @@ class DocumentFilter:
         if self._langid is None:
             from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-            self._langid = LanguageIdentifier.from_pickled_model(MODEL_FILE, norm_probs=True)
+            self._langid = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
         lang, prob = self._langid.classify(" ".join(text[:2000].split()))
         return lang, float(prob)
 

@@ -4,41 +4,56 @@ Editing `recipes/sources/web.yaml` changes only `source_recipe[web]`, so only th
 become stale. Run config is never versioned by Dagster, so recipes enter the graph this way, as data.
 """
 
-
 from typing import Callable
 
 import dagster as dg
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from minigpt_assets.defs.automation import OBSERVE_RECIPES
 from minigpt_assets.defs.partitions import Partitions
 from minigpt_assets.defs.resources import ProjectResource
 from minigpt_assets.recipes import Catalog
 
+# asset name -> (catalog attribute, hash function, description)
+OBSERVED: dict[str, tuple[str, Callable[[Catalog, str], str], str]] = {
+    "source_recipe": ("sources", Catalog.source_hash,
+                      "recipes/sources/<source>.yaml with its filter profile inlined, as a content hash"),
+    "classifier_recipe": ("classifiers", Catalog.classifier_hash,
+                          "recipes/classifiers/<classifier>.yaml, as a content hash"),
+    "dedup_recipe": ("dedup", Catalog.dedup_hash, "recipes/dedup/<group>.yaml, as a content hash"),
+}
 
-def _observable(name: str, partitions: dg.StaticPartitionsDefinition, kind: str,
-                hasher: Callable[[Catalog, str], str], description: str):
+
+def recipe_versions(cat: Catalog, asset: str, keys: list[str]) -> dict[str, str]:
+    kind, hasher, _ = OBSERVED[asset]
+    return {k: hasher(cat, k)[:16] for k in keys if k in getattr(cat, kind)}
+
+
+def _observable(name: str, partitions: dg.StaticPartitionsDefinition):
     @dg.observable_source_asset(name=name, partitions_def=partitions, group_name="recipes",
-                                description=description, automation_condition=OBSERVE_RECIPES)
+                                description=OBSERVED[name][2], automation_condition=OBSERVE_RECIPES)
     def _observe(project: ProjectResource) -> dg.DataVersionsByPartition:
-        cat = project.catalog()
-        return dg.DataVersionsByPartition({
-            key: dg.DataVersion(hasher(cat, key)[:16])
-            for key in partitions.get_partition_keys() if key in getattr(cat, kind)
-        })
+        versions = recipe_versions(project.catalog(), name, partitions.get_partition_keys())
+        return dg.DataVersionsByPartition({k: dg.DataVersion(v) for k, v in versions.items()})
 
     return _observe
 
 
+def report_versions(instance: dg.DagsterInstance, cat: Catalog, parts: Partitions) -> None:
+    """Record the current recipe hashes as runless observations (what the observable assets would report)."""
+    for name, pdef in (("source_recipe", parts.sources), ("classifier_recipe", parts.classifiers),
+                       ("dedup_recipe", parts.dedup_groups)):
+        if pdef is None:
+            continue
+        for key, version in recipe_versions(cat, name, pdef.get_partition_keys()).items():
+            instance.report_runless_asset_event(
+                dg.AssetObservation(asset_key=name, partition=key, tags={DATA_VERSION_TAG: version}))
+
+
 def build(cat: Catalog, parts: Partitions) -> dict[str, object]:
-    out = {"source_recipe": _observable(
-        "source_recipe", parts.sources, "sources", Catalog.source_hash,
-        "recipes/sources/<source>.yaml with its filter profile inlined, as a content hash")}
+    out = {"source_recipe": _observable("source_recipe", parts.sources)}
     if parts.classifiers is not None:
-        out["classifier_recipe"] = _observable(
-            "classifier_recipe", parts.classifiers, "classifiers", Catalog.classifier_hash,
-            "recipes/classifiers/<classifier>.yaml, as a content hash")
+        out["classifier_recipe"] = _observable("classifier_recipe", parts.classifiers)
     if parts.dedup_groups is not None:
-        out["dedup_recipe"] = _observable(
-            "dedup_recipe", parts.dedup_groups, "dedup", Catalog.dedup_hash,
-            "recipes/dedup/<group>.yaml, as a content hash")
+        out["dedup_recipe"] = _observable("dedup_recipe", parts.dedup_groups)
     return out

@@ -14,9 +14,12 @@ from typing import Callable
 import dagster as dg
 
 from minigpt_assets.definitions import build_definitions
+from minigpt_assets.defs.partitions import Partitions
+from minigpt_assets.defs.recipe_assets import report_versions
+from minigpt_assets.recipes import Catalog
 from minigpt_assets.settings import Settings
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # we print one line per step
 
 
 @dataclass
@@ -41,23 +44,14 @@ def instance_for(settings: Settings) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def observe_recipes(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
-    """Record the current recipe hashes as observations, so staleness in the UI reflects the files on disk."""
-    from dagster._core.definitions.observe import observe  # not exported in 1.13; kept in one place
-
-    graph = defs.resolve_asset_graph()
-    observables = [graph.get(k).assets_def for k in graph.get_all_asset_keys() if graph.get(k).is_observable]
-    for asset in observables:  # one at a time: they have different partitions definitions
-        observe([asset], instance=instance)
-
-
 def materialize_graph(settings: Settings, select: set[str] | None = None, partitions: set[str] | None = None,
                       log: Callable[[str], None] = print) -> list[StepOutcome]:
     """Materialize every selected asset partition in dependency order; stop a branch when a step fails."""
     settings.export()
     defs = build_definitions(settings)
     instance = instance_for(settings)
-    observe_recipes(defs, instance)
+    cat = Catalog.load_or_raise(settings.recipes)
+    report_versions(instance, cat, Partitions.from_catalog(cat))
     graph = defs.resolve_asset_graph()
     job = defs.resolve_implicit_global_asset_job_def()
     outcomes: list[StepOutcome] = []
@@ -71,8 +65,7 @@ def materialize_graph(settings: Settings, select: set[str] | None = None, partit
         for pk in pkeys:
             if partitions and pk is not None and pk not in partitions:
                 continue
-            blocked = [f"{a}[{p}]" for (a, p) in failed
-                       if dg.AssetKey(a) in node.parent_keys]
+            blocked = [f"{a}[{p}]" for (a, p) in failed if _depends_on(node, dg.AssetKey(a), p, pk)]
             if blocked:
                 outcomes.append(StepOutcome(name, pk, False, 0.0, error=f"skipped: upstream {blocked[0]} failed"))
                 failed.add((name, pk))
@@ -87,6 +80,18 @@ def materialize_graph(settings: Settings, select: set[str] | None = None, partit
                 failed.add((name, pk))
             log(_describe(out))
     return outcomes
+
+
+def _depends_on(node, parent: dg.AssetKey, parent_pk: str | None, pk: str | None) -> bool:
+    """Whether partition `pk` of `node` reads partition `parent_pk` of `parent` (recipe-built static mappings)."""
+    if parent not in node.parent_keys:
+        return False
+    mapping = node.assets_def.get_partition_mapping(parent) if node.assets_def else None
+    if isinstance(mapping, dg.StaticPartitionMapping):
+        return pk in mapping.downstream_partition_keys_by_upstream_partition_key.get(parent_pk, ())
+    if isinstance(mapping, dg.IdentityPartitionMapping) or mapping is None:
+        return parent_pk is None or pk is None or parent_pk == pk
+    return True
 
 
 def _outcome(name: str, pk: str | None, res: dg.ExecuteInProcessResult, seconds: float) -> StepOutcome:
