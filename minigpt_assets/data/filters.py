@@ -186,7 +186,7 @@ def _build_rules(p: FilterProfile) -> list[Rule]:
         add("c4.min_terminal_punct_line_fraction", C4.min_terminal_punct_line_fraction,
             lambda d: sum(ln.endswith((".", "!", "?", '"')) for ln in d.lines) / max(1, len(d.lines))
             >= C4.min_terminal_punct_line_fraction)
-        add("c4.bad_words", bool(bad), lambda d: not any(w in bad for w in (x.lower() for x in d.words)))
+        add("c4.bad_words", bool(bad), lambda d: not any(w in bad for w in (x.lower().strip(_PUNCT_STRIP) for x in d.words)))
     return rules
 
 

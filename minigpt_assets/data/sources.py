@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob as globlib
 import gzip
-import io
 import json
 import os
 import zlib
@@ -109,14 +108,41 @@ def _open_lines(path: Path) -> Iterator[bytes]:
         with gzip.open(path, "rb") as f:
             yield from f
     elif name.endswith(".zst") or name.endswith(".zstd"):
-        import zstandard
-
-        with open(path, "rb") as raw:
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-            yield from io.BufferedReader(reader, buffer_size=1 << 20)
+        yield from _zst_lines(path)
     else:
         with open(path, "rb") as f:
             yield from f
+
+
+class TruncatedFile(EOFError):
+    """A compressed stream ended in the middle of a frame."""
+
+
+def _zst_lines(path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Lines of a (multi-frame) zstd file; raises TruncatedFile if the last frame is incomplete."""
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    dobj = dctx.decompressobj()
+    fed = False  # whether the current frame has received any input
+    pending = b""
+    with open(path, "rb") as raw:
+        while data := raw.read(chunk):
+            while data:
+                out = dobj.decompress(data)
+                fed = True
+                data = b""
+                if dobj.eof:  # a frame ended; the rest of the input starts the next one
+                    data = dobj.unused_data
+                    dobj, fed = dctx.decompressobj(), False
+                pending += out
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line + b"\n"
+    if fed and not dobj.eof:
+        raise TruncatedFile("zstd stream ended inside a frame")
+    if pending:
+        yield pending
 
 
 def _record_to_doc(name: str, recipe, rec: Any, prov: str) -> dict | Rejected:
@@ -216,7 +242,9 @@ def read_duckdb(name: str, recipe) -> Iterator[dict | Rejected]:
     con = duckdb.connect(":memory:")
     try:
         try:
-            reader = con.execute(recipe.query).fetch_record_batch(BATCH)
+            res = con.execute(recipe.query)
+            reader = (res.to_arrow_reader(BATCH) if hasattr(res, "to_arrow_reader")
+                      else res.fetch_record_batch(BATCH))  # duckdb < 1.4
         except duckdb.Error as e:
             raise SourceQueryError(f"query failed: {str(e).splitlines()[0]}") from None
         yield from _batches_to_docs(name, recipe, reader, "query")
