@@ -29,7 +29,19 @@ from minigpt_assets.data.documents import DOCUMENT_SCHEMA, ShardInfo, iter_batch
 from minigpt_assets.recipes import DedupRecipe, canonical_hash
 from minigpt_assets.store import sha256_file
 
-SHINGLE_HASH = xxhash.xxh32_intdigest
+_P32 = 0x01000193  # FNV-1a 32-bit prime: combines word hashes into a shingle hash
+
+
+def SHINGLE_HASH(shingle: bytes) -> int:
+    """32-bit hash of a shingle ("w1 w2 ... wk"): word xxh32 hashes combined polynomially (mod 2^32).
+
+    This is what `signatures()` computes vectorized (each word hashed once, not once per shingle); as a plain
+    function it is a valid `hashfunc` for datasketch, which is how the tests prove the two agree.
+    """
+    h = 0
+    for w in shingle.split(b" "):
+        h = (h * _P32 + xxhash.xxh32_intdigest(w)) & 0xFFFFFFFF
+    return h
 _NON_WORD = re.compile(r"[^\w\s]+")
 _CHUNK = 1 << 16  # shingles per vectorized block
 MAX32 = np.uint32(0xFFFFFFFF)
@@ -42,7 +54,11 @@ def normalize(text: str) -> str:
 
 def exact_hash(text: str) -> int:
     """64-bit hash of the normalized text, as a signed int64."""
-    return int(np.int64(np.uint64(xxhash.xxh3_64_intdigest(normalize(text).encode()))))
+    return _exact(normalize(text))
+
+
+def _exact(normalized: str) -> int:
+    return int(np.int64(np.uint64(xxhash.xxh3_64_intdigest(normalized.encode()))))
 
 
 def shingles(text: str, k: int) -> list[bytes]:
@@ -63,27 +79,63 @@ def _permutations(recipe: DedupRecipe) -> tuple[np.ndarray, np.ndarray]:
     return a.astype(np.uint32), b.astype(np.uint32)
 
 
-def signatures(texts: list[str], recipe: DedupRecipe) -> np.ndarray:
+class _WordHasher:
+    """xxh32 of words, memoized (word frequencies are Zipfian, so most lookups hit)."""
+
+    def __init__(self, limit: int = 1 << 20):
+        self.cache: dict[str, int] = {}
+        self.limit = limit
+
+    def __call__(self, words: list[str]) -> list[int]:
+        c = self.cache
+        if len(c) > self.limit:
+            c.clear()
+        out = []
+        for w in words:
+            h = c.get(w)
+            if h is None:
+                h = c[w] = xxhash.xxh32_intdigest(w.encode())
+            out.append(h)
+        return out
+
+
+def _shingle_hashes(wh: np.ndarray, k: int) -> np.ndarray:
+    """Vectorized SHINGLE_HASH over all word k-grams of one document's word hashes."""
+    n = len(wh)
+    if n <= k:  # one shingle made of all the words
+        k = n
+    m = n - k + 1
+    h = np.zeros(m, dtype=np.uint32)
+    for i in range(k):
+        h = h * np.uint32(_P32) + wh[i:i + m]
+    return h
+
+
+def signatures(texts: list[str], recipe: DedupRecipe, normalized: list[str] | None = None) -> np.ndarray:
     """[n, num_perm] uint32 MinHash signatures, computed for many documents per numpy call."""
     a, b = _permutations(recipe)
-    hashes: list[int] = []
+    hasher = _WordHasher()
+    norm = normalized if normalized is not None else [normalize(t) for t in texts]
+    parts: list[np.ndarray] = []
     offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-    for i, t in enumerate(texts):
-        sh = shingles(t, recipe.shingle_size)
-        hashes.extend(SHINGLE_HASH(s) for s in sh)
-        offsets[i + 1] = len(hashes)
-    hv = _dsm._fmix(np.asarray(hashes, dtype=np.uint32), 32)
-    out = np.full((len(texts), recipe.num_perm), MAX32, dtype=np.uint32)
-    # process docs in blocks of about _CHUNK shingles: one (shingles x perms) matrix and a reduceat per block
-    start = 0
-    while start < len(texts):
-        end = start + 1
-        while end < len(texts) and offsets[end + 1] - offsets[start] <= _CHUNK:
-            end += 1
-        lo, hi = offsets[start], offsets[end]
-        block = hv[lo:hi, None] * a[None, :] + b[None, :]  # uint32 arithmetic wraps: mod 2^32
-        out[start:end] = np.minimum.reduceat(block, offsets[start:end] - lo, axis=0)
-        start = end
+    with np.errstate(over="ignore"):
+        for i, t in enumerate(norm):
+            words = t.split() or [""]
+            sh = _shingle_hashes(np.asarray(hasher(words), dtype=np.uint32), recipe.shingle_size)
+            parts.append(sh)
+            offsets[i + 1] = offsets[i] + len(sh)
+        hv = _dsm._fmix(np.concatenate(parts) if parts else np.zeros(0, np.uint32), 32)
+        out = np.full((len(texts), recipe.num_perm), MAX32, dtype=np.uint32)
+        # docs in blocks of about _CHUNK shingles: one (shingles x perms) matrix and a reduceat per block
+        start = 0
+        while start < len(texts):
+            end = start + 1
+            while end < len(texts) and offsets[end + 1] - offsets[start] <= _CHUNK:
+                end += 1
+            lo, hi = offsets[start], offsets[end]
+            block = a[:, None] * hv[None, lo:hi] + b[:, None]  # (perms x shingles); uint32 wraps: mod 2^32
+            out[start:end] = np.minimum.reduceat(block, offsets[start:end] - lo, axis=1).T
+            start = end
     return out
 
 
@@ -112,11 +164,12 @@ def sign_shard(shard: Path, recipe: DedupRecipe, out: Path) -> int:
     tables = []
     for batch in iter_batches([shard], columns=["id", "text"], batch_size=2048):
         texts = batch.column("text").to_pylist()
-        sig = signatures(texts, recipe)
+        norm = [normalize(t) for t in texts]
+        sig = signatures(texts, recipe, norm)
         bh = band_hashes(sig, bands, rows)
         tables.append(pa.table({
             "id": batch.column("id"),
-            "exact": pa.array([exact_hash(t) for t in texts], pa.int64()),
+            "exact": pa.array([_exact(t) for t in norm], pa.int64()),
             "bands": pa.FixedSizeListArray.from_arrays(pa.array(bh.ravel(), pa.int64()), bands),
             "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel(), pa.uint32()), recipe.num_perm),
         }))

@@ -123,7 +123,7 @@ def test_apply_removals_keeps_order(tmp_path, two_sources):
 
 def test_agrees_with_datasketch_baseline(tmp_path):
     base = [words_doc(1000 + i, 200) for i in range(60)]
-    planted = [edit(base[i], 4, seed=i) for i in range(0, 60, 6)]
+    planted = [edit(base[i], 2, seed=i) for i in range(0, 60, 6)]  # J ~ 0.94: found with P > 0.999
     texts = base + planted
     expected = set(range(60, 70))
     assert baseline_datasketch(texts, R) == expected
