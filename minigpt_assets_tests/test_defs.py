@@ -104,15 +104,26 @@ def test_empty_source_fails_blocking_check(tmp_path):
     assert rows == [("missing_text", 1)]
 
 
-def test_dagster_cli_materializes_one_partition(tiny_recipes, tmp_path):
-    env = dict(os.environ, MINIGPT_RECIPES=str(tiny_recipes), MINIGPT_HOME=str(tmp_path / "h"),
+def _dagster_materialize(env: dict, asset: str, partition: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m",
+                           "minigpt_assets.definitions", "--select", asset, "--partition", partition],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_dagster_cli_materializes_partitions(tiny_recipes, tmp_path):
+    home = tmp_path / "h"
+    env = dict(os.environ, MINIGPT_RECIPES=str(tiny_recipes), MINIGPT_HOME=str(home),
                DAGSTER_HOME=str(tmp_path / "dh"))
     (tmp_path / "dh").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m",
-                           "minigpt_assets.definitions", "--select", "source_documents", "--partition", "alpha"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = _dagster_materialize(env, "source_documents", "alpha")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    art = ArtifactStore(tmp_path / "h").require("source_documents", "alpha")
+    art = ArtifactStore(home).require("source_documents", "alpha")
     assert art.counts["documents"] == 12
     manifest = json.loads((art.path / "manifest.json").read_text())
     assert manifest["meta"]["recipe_hash"]
+    # upstream of the group-partitioned index, then the index itself through the Dagster CLI
+    materialize_graph(Settings(home=home, recipes=tiny_recipes, workers=1),
+                      select={"source_documents", "quality_classifier", "filtered_documents"}, log=lambda _: None)
+    proc = _dagster_materialize(env, "dedup_index", "main")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ArtifactStore(home).require("dedup_index", "main").counts["near_removed"] == 1
