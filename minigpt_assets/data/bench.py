@@ -12,7 +12,6 @@ from datasketch import MinHash, MinHashLSH
 
 from minigpt_assets.data.builtin_corpora import gen_synthetic_web
 from minigpt_assets.data.dedup import baseline_datasketch, build_index, shingles
-from minigpt_assets.data.documents import ShardWriter, document
 from minigpt_assets.data.filters import filter_shards
 from minigpt_assets.data.sources import ingest_source
 from minigpt_assets.recipes import DedupRecipe, FilterProfile, _SourceFile

@@ -242,9 +242,9 @@ def read_duckdb(name: str, recipe) -> Iterator[dict | Rejected]:
     con = duckdb.connect(":memory:")
     try:
         try:
-            res = con.execute(recipe.query)
-            reader = (res.to_arrow_reader(BATCH) if hasattr(res, "to_arrow_reader")
-                      else res.fetch_record_batch(BATCH))  # duckdb < 1.4
+            rel = con.sql(recipe.query)  # a lazy relation: rows stream out in record batches
+            reader = (rel.to_arrow_reader(BATCH) if hasattr(rel, "to_arrow_reader")
+                      else rel.fetch_arrow_reader(BATCH))  # duckdb < 2
         except duckdb.Error as e:
             raise SourceQueryError(f"query failed: {str(e).splitlines()[0]}") from None
         yield from _batches_to_docs(name, recipe, reader, "query")

@@ -6,11 +6,23 @@ from typing import Any
 import dagster as dg
 import pyarrow.parquet as pq
 
+from minigpt_assets.defs.automation import ON_DATA_OR_CODE_CHANGE
 from minigpt_assets.defs.resources import ProjectResource
 from minigpt_assets.store import Artifact
 
 NONEMPTY = "nonempty"
 MANIFEST_MATCHES = "manifest_matches"
+
+
+def data_asset(name: str, partitions_def: dg.PartitionsDefinition, deps: list, kind: str, version: int = 1):
+    """The decorator every artifact asset uses: group, hand-bumped code version, data-version automation."""
+    return dg.asset(name=name, partitions_def=partitions_def, deps=deps, group_name="data",
+                    code_version=f"{name}-v{version}", automation_condition=ON_DATA_OR_CODE_CHANGE, kinds={kind})
+
+
+def artifact_result(art: Artifact, extra: dict[str, Any] | None = None) -> dg.MaterializeResult:
+    """The content hash of the published artifact is the data version: identical output, nothing downstream."""
+    return dg.MaterializeResult(data_version=dg.DataVersion(art.version[:16]), metadata=artifact_metadata(art, extra))
 
 
 def preview_markdown(shards: list, rows: int = 5, width: int = 80) -> str:

@@ -5,8 +5,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from minigpt_assets.data.dedup import apply_removals, build_index, removed_ids
-from minigpt_assets.defs.automation import ON_DATA_OR_CODE_CHANGE
-from minigpt_assets.defs.common import artifact_checks, artifact_metadata, preview_markdown
+from minigpt_assets.defs.common import artifact_checks, artifact_result, data_asset, preview_markdown
 from minigpt_assets.defs.filters import ASSET as FILTERED_ASSET
 from minigpt_assets.defs.partitions import Partitions, group_to_source, source_to_group
 from minigpt_assets.defs.resources import ProjectResource
@@ -20,10 +19,8 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
     out: list = []
     deps: list = [FILTERED_ASSET, recipe_assets["source_recipe"]]
     if parts.dedup_groups is not None:
-        @dg.asset(name=INDEX_ASSET, partitions_def=parts.dedup_groups, group_name="data",
-                  deps=[recipe_assets["dedup_recipe"],
-                        dg.AssetDep(FILTERED_ASSET, partition_mapping=source_to_group(cat))],
-                  code_version="dedup_index-v1", automation_condition=ON_DATA_OR_CODE_CHANGE, kinds={"duckdb"})
+        @data_asset(INDEX_ASSET, parts.dedup_groups, [recipe_assets["dedup_recipe"],
+                    dg.AssetDep(FILTERED_ASSET, partition_mapping=source_to_group(cat))], "duckdb")
         def dedup_index(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
             """Sign every filtered shard of the group's sources (parallel, cached), then join exact and LSH buckets."""
             group = context.partition_key
@@ -47,17 +44,12 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
                                "|---|---:|---:|---:|---:|---:|",
                                *[f"| {s} | {members[s][0]} | {v['documents']} | {v['exact_removed']} | "
                                  f"{v['near_removed']} | {v['clusters']} |" for s, v in sorted(idx.stats.items())]])
-            return dg.MaterializeResult(
-                data_version=dg.DataVersion(art.version[:16]),
-                metadata=artifact_metadata(art, {"per_source": dg.MetadataValue.md(table),
-                                                 "cache_hits": idx.cache_hits}))
+            return artifact_result(art, {"per_source": dg.MetadataValue.md(table), "cache_hits": idx.cache_hits})
 
         out.append(dedup_index)
         deps.append(dg.AssetDep(INDEX_ASSET, partition_mapping=group_to_source(cat)))
 
-    @dg.asset(name=ASSET, partitions_def=parts.sources, deps=deps, group_name="data",
-              code_version="deduplicated_documents-v1", automation_condition=ON_DATA_OR_CODE_CHANGE,
-              kinds={"parquet"})
+    @data_asset(ASSET, parts.sources, deps, "parquet")
     def deduplicated_documents(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """The source's filtered documents minus those its dedup group removed (kept once, in the top-priority source)."""
         name = context.partition_key
@@ -86,10 +78,7 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
                     [{"source": name, "stage": "deduplicated", "documents": docs, "bytes": nbytes}])
         stats.write("dedup_stats", name, [{"source": name, "dedup_group": group or "", **stat}])
         context.log.info(f"{name}: {docs} documents after removing {len(removed)} duplicates")
-        return dg.MaterializeResult(
-            data_version=dg.DataVersion(art.version[:16]),
-            metadata=artifact_metadata(art, {"preview": dg.MetadataValue.md(preview_markdown(
-                art.files(".parquet", "shard")))}))
+        return artifact_result(art, {"preview": dg.MetadataValue.md(preview_markdown(art.files(".parquet", "shard")))})
 
     out += [deduplicated_documents, *artifact_checks(deduplicated_documents, ASSET, "documents")]
     return out

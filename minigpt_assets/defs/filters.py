@@ -4,8 +4,7 @@
 import dagster as dg
 
 from minigpt_assets.data.filters import filter_shards
-from minigpt_assets.defs.automation import ON_DATA_OR_CODE_CHANGE
-from minigpt_assets.defs.common import artifact_checks, artifact_metadata, counts_table, preview_markdown
+from minigpt_assets.defs.common import artifact_checks, artifact_result, counts_table, data_asset, preview_markdown
 from minigpt_assets.defs.partitions import Partitions, classifier_to_source
 from minigpt_assets.defs.quality import ASSET as CLASSIFIER_ASSET
 from minigpt_assets.defs.resources import ProjectResource
@@ -20,8 +19,7 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
     if parts.classifiers is not None:
         deps.append(dg.AssetDep(CLASSIFIER_ASSET, partition_mapping=classifier_to_source(cat)))
 
-    @dg.asset(name=ASSET, partitions_def=parts.sources, deps=deps, group_name="data",
-              code_version="filtered_documents-v1", automation_condition=ON_DATA_OR_CODE_CHANGE, kinds={"parquet"})
+    @data_asset(ASSET, parts.sources, deps, "parquet")
     def filtered_documents(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """Apply length, Gopher, C4, code, language-ID and fastText-quality rules; count drops per rule."""
         name = context.partition_key
@@ -55,7 +53,6 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
                  "preview": dg.MetadataValue.md(preview_markdown(art.files(".parquet", "shard")))}
         if res.language_counts:
             extra["languages"] = counts_table(res.language_counts, "language", "documents")
-        return dg.MaterializeResult(data_version=dg.DataVersion(art.version[:16]),
-                                    metadata=artifact_metadata(art, extra))
+        return artifact_result(art, extra)
 
     return [filtered_documents, *artifact_checks(filtered_documents, ASSET, "documents")]

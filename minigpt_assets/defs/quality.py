@@ -4,8 +4,7 @@
 import dagster as dg
 
 from minigpt_assets.data.quality import train_classifier
-from minigpt_assets.defs.automation import ON_DATA_OR_CODE_CHANGE
-from minigpt_assets.defs.common import artifact_metadata
+from minigpt_assets.defs.common import artifact_result, data_asset
 from minigpt_assets.defs.partitions import Partitions, source_to_classifier
 from minigpt_assets.defs.resources import ProjectResource
 from minigpt_assets.defs.sources import ASSET as SOURCE_ASSET
@@ -18,11 +17,9 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
     if parts.classifiers is None:
         return []
 
-    @dg.asset(name=ASSET, partitions_def=parts.classifiers, group_name="data",
-              deps=[recipe_assets["classifier_recipe"],
-                    dg.AssetDep(SOURCE_ASSET, partition_mapping=source_to_classifier(cat))],
-              code_version="quality_classifier-v1", automation_condition=ON_DATA_OR_CODE_CHANGE,
-              kinds={"fasttext"})
+    @data_asset(ASSET, parts.classifiers, [recipe_assets["classifier_recipe"],
+                                           dg.AssetDep(SOURCE_ASSET, partition_mapping=source_to_classifier(cat))],
+                "fasttext")
     def quality_classifier(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """Train the classifier named by the partition on raw documents of its positive and negative sources."""
         name = context.partition_key
@@ -42,7 +39,7 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
             for k, v in metrics.items() if "_" in k])
         context.log.info(f"{name}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                                                 for k, v in metrics.items()))
-        return dg.MaterializeResult(data_version=dg.DataVersion(art.version[:16]), metadata=artifact_metadata(art))
+        return artifact_result(art)
 
     @dg.asset_check(asset=quality_classifier, name="better_than_chance", blocking=True,
                     description="held-out accuracy of the classifier is above 0.6")

@@ -4,8 +4,7 @@
 import dagster as dg
 
 from minigpt_assets.data.sources import ingest_source
-from minigpt_assets.defs.automation import ON_DATA_OR_CODE_CHANGE
-from minigpt_assets.defs.common import artifact_checks, artifact_metadata, counts_table, preview_markdown
+from minigpt_assets.defs.common import artifact_checks, artifact_result, counts_table, data_asset, preview_markdown
 from minigpt_assets.defs.partitions import Partitions
 from minigpt_assets.defs.resources import ProjectResource
 from minigpt_assets.recipes import Catalog
@@ -14,9 +13,7 @@ ASSET = "source_documents"
 
 
 def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
-    @dg.asset(name=ASSET, partitions_def=parts.sources, deps=[recipe_assets["source_recipe"]],
-              group_name="data", code_version="source_documents-v1", automation_condition=ON_DATA_OR_CODE_CHANGE,
-              kinds={"parquet"})
+    @data_asset(ASSET, parts.sources, [recipe_assets["source_recipe"]], "parquet")
     def source_documents(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """Read one source (jsonl, parquet, text dir, code tree, HF dataset, DuckDB query, builtin) into shards."""
         name = context.partition_key
@@ -44,7 +41,6 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
         extra = {"preview": dg.MetadataValue.md(preview_markdown(art.files(".parquet", "shard")))}
         if res.rejects:
             extra["rejected_by_reason"] = counts_table(res.rejects, "reason", "records")
-        return dg.MaterializeResult(data_version=dg.DataVersion(art.version[:16]),
-                                    metadata=artifact_metadata(art, extra))
+        return artifact_result(art, extra)
 
     return [source_documents, *artifact_checks(source_documents, ASSET, "documents")]
