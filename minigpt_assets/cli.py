@@ -66,7 +66,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ run graph
-def _run_graph(args: argparse.Namespace, select: set[str] | None, partitions: set[str] | None) -> int:
+def _run_graph(args: argparse.Namespace, select: set[str] | None, partitions: set[str] | None,
+               force: bool = False) -> int:
     settings = _settings(args)
     try:
         Catalog.load_or_raise(settings.recipes)
@@ -76,16 +77,18 @@ def _run_graph(args: argparse.Namespace, select: set[str] | None, partitions: se
 
     t0 = time.time()
     print(f"materializing into {settings.home} (recipes: {settings.recipes}, workers: {settings.workers})")
-    outcomes = materialize_graph(settings, select, partitions)
+    outcomes = materialize_graph(settings, select, partitions, force=force)
     failed = [o for o in outcomes if not o.ok]
-    print(f"{len(outcomes) - len(failed)} materialized, {len(failed)} failed in {time.time() - t0:.0f}s")
+    fresh = [o for o in outcomes if o.fresh]
+    summary = f"{len(outcomes) - len(failed) - len(fresh)} materialized, {len(fresh)} fresh"
+    print(f"{summary}, {len(failed)} failed in {time.time() - t0:.0f}s" if failed else summary)
     return 1 if failed else 0
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
     select = set(args.select.split(",")) if args.select else None
     parts = set(args.partition.split(",")) if args.partition else None
-    return _run_graph(args, select, parts)
+    return _run_graph(args, select, parts, force=args.force)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -175,9 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_validate)
     s = sub.add_parser("demo", parents=[common], help="materialize the whole default graph")
     s.set_defaults(func=cmd_demo)
-    s = sub.add_parser("materialize", parents=[common], help="materialize assets (all partitions by default)")
+    s = sub.add_parser("materialize", parents=[common],
+                       help="materialize what is missing or stale (all assets and partitions by default)")
     s.add_argument("--select", help="comma-separated asset names")
     s.add_argument("--partition", help="comma-separated partition keys")
+    s.add_argument("--force", action="store_true", help="also run partitions that are fresh")
     s.set_defaults(func=cmd_materialize)
     s = sub.add_parser("sql", parents=[common], help="query the DuckDB stats database")
     s.add_argument("query")

@@ -127,3 +127,36 @@ def test_dagster_cli_materializes_partitions(tiny_recipes, tmp_path):
     proc = _dagster_materialize(env, "dedup_index", "main")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert ArtifactStore(home).require("dedup_index", "main").counts["near_removed"] == 1
+
+
+def _ran(outcomes) -> set[tuple[str, str]]:
+    return {(o.asset, o.partition) for o in outcomes if not o.fresh}
+
+
+def test_only_what_changed(tiny_recipes, tmp_path):
+    s = _settings(tmp_path, tiny_recipes)
+    quiet = {"log": lambda _: None}
+    first = materialize_graph(s, **quiet)
+    assert all(o.ok for o in first) and len(_ran(first)) == 11
+    assert _ran(materialize_graph(s, **quiet)) == set()  # a second run runs nothing
+
+    # a dedup recipe change that finds the same duplicates: the index re-runs, its data version is unchanged,
+    # so nothing below it runs
+    dd = tiny_recipes / "dedup/main.yaml"
+    dd.write_text(dd.read_text().replace("threshold: 0.7", "threshold: 0.75"))
+    assert _ran(materialize_graph(s, **quiet)) == {("dedup_index", "main")}
+    # one that changes the result re-runs the index and its members only
+    dd.write_text(dd.read_text() + "near: false\n")
+    assert _ran(materialize_graph(s, **quiet)) == {
+        ("dedup_index", "main"), ("deduplicated_documents", "alpha"), ("deduplicated_documents", "beta")}
+
+    # a source recipe edit that does not change its bytes: the source re-runs, yields the same data version,
+    # and the global index stays fresh
+    src = tiny_recipes / "sources/alpha.yaml"
+    src.write_text(src.read_text() + "description: the same documents, described\n")
+    ran = _ran(materialize_graph(s, **quiet))
+    assert ("source_documents", "alpha") in ran and ("dedup_index", "main") not in ran
+    assert not {p for a, p in ran} - {"alpha"}
+
+    # forcing runs everything again
+    assert len(_ran(materialize_graph(s, force=True, **quiet))) == 11

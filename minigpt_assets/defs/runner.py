@@ -31,6 +31,7 @@ class StepOutcome:
     metadata: dict = field(default_factory=dict)
     error: str = ""
     checks_failed: list[str] = field(default_factory=list)
+    fresh: bool = False
 
 
 def instance_for(settings: Settings) -> dg.DagsterInstance:
@@ -44,9 +45,27 @@ def instance_for(settings: Settings) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
+def stale_resolver(defs: dg.Definitions, instance: dg.DagsterInstance):
+    """Dagster's own staleness resolver (the one behind the UI's "Unsynced" badge). Internal API: kept here only."""
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver
+    from dagster._time import get_current_datetime
+
+    graph = defs.resolve_asset_graph()
+    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+                          instance=instance, asset_graph=graph)
+    return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+
+
 def materialize_graph(settings: Settings, select: set[str] | None = None, partitions: set[str] | None = None,
-                      log: Callable[[str], None] = print) -> list[StepOutcome]:
-    """Materialize every selected asset partition in dependency order; stop a branch when a step fails."""
+                      log: Callable[[str], None] = print, force: bool = False) -> list[StepOutcome]:
+    """Materialize every selected asset partition that is missing or stale, in dependency order.
+
+    Stale means what the Dagster UI means: a recipe (observed data version), an upstream data version or the
+    asset's code version changed since the last materialization. Upstream re-runs that produce identical bytes
+    keep their data version, so nothing below them is stale. `force` runs everything selected.
+    A failed step skips the partitions that read it.
+    """
     settings.export()
     defs = build_definitions(settings)
     instance = instance_for(settings)
@@ -71,6 +90,12 @@ def materialize_graph(settings: Settings, select: set[str] | None = None, partit
                 failed.add((name, pk))
                 log(f"  skip {name}[{pk}]: upstream {blocked[0]} failed")
                 continue
+            if not force:
+                status = stale_resolver(defs, instance).get_status(key, pk).value
+                if status == "FRESH":
+                    outcomes.append(StepOutcome(name, pk, True, 0.0, fresh=True))
+                    log(f"  fresh {name}[{pk}]" if pk else f"  fresh {name}")
+                    continue
             t0 = time.time()
             res = job.execute_in_process(asset_selection=[key], partition_key=pk, instance=instance,
                                          raise_on_error=False, run_config=QUIET)
