@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-RECIPE_KINDS = ("sources", "filters", "classifiers", "dedup", "mixtures")
+RECIPE_KINDS = ("sources", "filters", "classifiers", "dedup", "tokenizers", "mixtures")
 
 
 class Model(BaseModel):
@@ -126,6 +126,7 @@ class SourceBase(Model):
     dedup: SourceDedup = SourceDedup()
     limit_documents: int | None = Field(None, gt=0)
     shard_documents: int = Field(20_000, gt=0)
+    validation_fraction: float = Field(0.02, ge=0, lt=1)
 
     @field_validator("domain")
     @classmethod
@@ -242,12 +243,44 @@ class DedupRecipe(Model):
     verify_candidates: bool = True
 
 
+# --------------------------------------------------------------------------------------------- tokenizers
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+class TokenizerRecipe(Model):
+    """A byte-level BPE trained on deduplicated documents (HF `tokenizers`), or a local pretrained folder."""
+
+    kind: Literal["bpe", "pretrained"] = "bpe"
+    path: str | None = None
+    sources: tuple[str, ...] = ()
+    vocab_size: int = Field(6400, ge=300, le=1_000_000)
+    min_frequency: int = Field(2, ge=1)
+    sample_documents: int = Field(20_000, gt=0)
+    max_chars_per_document: int = Field(20_000, gt=0)
+    special_tokens: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+    bos_token: str = "<|im_start|>"
+    eos_token: str = "<|im_end|>"
+    pad_token: str = "<|endoftext|>"
+    chat_template: str = CHATML_TEMPLATE
+    seed: int = 0
+
+    def model_post_init(self, _ctx: Any) -> None:
+        if self.kind == "pretrained" and not self.path:
+            raise ValueError("path: required when kind is 'pretrained'")
+        for name in ("bos_token", "eos_token", "pad_token"):
+            if getattr(self, name) not in self.special_tokens and self.kind == "bpe":
+                raise ValueError(f"{name}: {getattr(self, name)!r} must be one of special_tokens")
+
+
 # --------------------------------------------------------------------------------------------- mixtures
 class MixtureRecipe(Model):
-    """A training mixture: source weights (shares of tokens) and the token budget. Planned in a later stage."""
+    """A training mixture: source weights as shares of training tokens, the token budget and the split."""
 
     sources: dict[str, float] = Field(min_length=1)
-    tokenizer: str | None = None
+    tokenizer: str
     total_tokens: int = Field(1_000_000, gt=0)
     seq_len: int = Field(512, gt=0)
     validation_tokens: int = Field(50_000, ge=0)
@@ -284,6 +317,7 @@ class RecipeError(Exception):
 
 _MODELS: dict[str, Any] = {
     "filters": FilterProfile,
+    "tokenizers": TokenizerRecipe,
     "classifiers": ClassifierRecipe,
     "dedup": DedupRecipe,
     "mixtures": MixtureRecipe,
@@ -365,6 +399,7 @@ class Catalog:
         self.filters: dict[str, FilterProfile] = {}
         self.classifiers: dict[str, ClassifierRecipe] = {}
         self.dedup: dict[str, DedupRecipe] = {}
+        self.tokenizers: dict[str, TokenizerRecipe] = {}
         self.mixtures: dict[str, MixtureRecipe] = {}
         self.problems: list[RecipeProblem] = []
 
@@ -443,11 +478,21 @@ class Catalog:
             if prof.quality is not None and prof.quality.classifier not in self.classifiers:
                 self._problem(f"{self._rel(self.root / 'filters' / fname)}.yaml", "quality.classifier",
                               f"unknown classifier {prof.quality.classifier!r}")
+        for name, tok in self.tokenizers.items():
+            rel = f"{self._rel(self.root / 'tokenizers' / name)}.yaml"
+            for s in tok.sources:
+                if s not in self.sources:
+                    self._problem(rel, "sources", f"unknown source name {s!r}")
+            if tok.kind == "pretrained" and check_files and not Path(expand_location(tok.path)).is_dir():
+                self._problem(rel, "path", f"directory not found: {expand_location(tok.path)}")
         for name, mix in self.mixtures.items():
             rel = f"{self._rel(self.root / 'mixtures' / name)}.yaml"
             for s in mix.sources:
                 if s not in self.sources:
                     self._problem(rel, f"sources.{s}", "unknown source name")
+            if mix.tokenizer not in self.tokenizers:
+                self._problem(rel, "tokenizer", f"unknown tokenizer {mix.tokenizer!r} "
+                                                f"(known: {', '.join(sorted(self.tokenizers)) or 'none'})")
 
     def _problem(self, file: str, field: str, message: str) -> None:
         p = RecipeProblem(file=file, field=field, message=message)
@@ -479,6 +524,21 @@ class Catalog:
 
     def mixture_hash(self, name: str) -> str:
         return canonical_hash(self.mixtures[name])
+
+    def tokenizer_hash(self, name: str) -> str:
+        return canonical_hash(self.tokenizers[name])
+
+    def tokenizer_sources(self, name: str) -> list[str]:
+        """The sources a tokenizer trains on: those it names, else every source some mixture of it uses."""
+        tok = self.tokenizers[name]
+        if tok.sources:
+            return list(tok.sources)
+        return sorted({s for m in self.mixtures.values() if m.tokenizer == name for s in m.sources})
+
+    def token_shard_keys(self) -> list[tuple[str, str]]:
+        """(tokenizer, source) pairs some mixture needs, as token_shards partitions `<tokenizer>.<source>`."""
+        return sorted({(m.tokenizer, s) for m in self.mixtures.values() for s in m.sources
+                       if m.tokenizer in self.tokenizers and s in self.sources})
 
     def classifiers_for_source(self, source: str) -> list[str]:
         prof = self.filter_profile(source)

@@ -117,3 +117,21 @@ def iter_documents(paths: Iterable[Path], columns: list[str] | None = None,
 
 def count_documents(paths: Iterable[Path]) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+
+
+def sample_documents(paths: Iterable[Path], n: int, seed: int, columns: tuple[str, ...] = ("id", "text")
+                     ) -> list[dict[str, Any]]:
+    """A deterministic sample of n documents: the n largest seeded hashes of their ids, in a bounded heap.
+
+    Independent of shard layout and read order, so the same documents are picked however the source was sharded.
+    """
+    import heapq
+
+    heap: list[tuple[int, str, dict]] = []
+    for doc in iter_documents(paths, columns=list(columns)):
+        h = xxhash.xxh64_intdigest(doc["id"].encode(), seed=seed)
+        if len(heap) < n:
+            heapq.heappush(heap, (h, doc["id"], doc))
+        elif h > heap[0][0]:
+            heapq.heapreplace(heap, (h, doc["id"], doc))
+    return [d for _, _, d in sorted(heap, key=lambda t: t[1])]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from minigpt_assets.data.documents import iter_documents
+from minigpt_assets.data.documents import sample_documents
 from minigpt_assets.recipes import ClassifierRecipe
 
 HQ, LQ = "__label__hq", "__label__lq"
@@ -19,20 +19,6 @@ MAX_WORDS = 1000
 def normalize(text: str) -> str:
     """fastText input: lowercase, one line, collapsed whitespace, at most MAX_WORDS words."""
     return " ".join(re.sub(r"\s+", " ", text.lower()).split()[:MAX_WORDS])
-
-
-def _sample(paths: list[Path], n: int, seed: int) -> list[tuple[str, str]]:
-    """A deterministic sample of n (id, text): the n smallest seeded hashes of the ids, kept in a bounded heap."""
-    import heapq
-
-    heap: list[tuple[int, str, str]] = []
-    for doc in iter_documents(paths, columns=["id", "text"]):
-        h = -xxhash.xxh64_intdigest(doc["id"].encode(), seed=seed)
-        if len(heap) < n:
-            heapq.heappush(heap, (h, doc["id"], doc["text"]))
-        elif h > heap[0][0]:
-            heapq.heapreplace(heap, (h, doc["id"], doc["text"]))
-    return sorted((i, t) for _, i, t in heap)
 
 
 def _is_validation(doc_id: str, fraction: float, seed: int) -> bool:
@@ -57,7 +43,8 @@ def train_classifier(positive: list[Path], negative: list[Path], recipe: Classif
     import fasttext
 
     n = recipe.max_documents_per_class
-    pos, neg = _sample(positive, n, recipe.seed), _sample(negative, n, recipe.seed)
+    pos = [(d["id"], d["text"]) for d in sample_documents(positive, n, recipe.seed)]
+    neg = [(d["id"], d["text"]) for d in sample_documents(negative, n, recipe.seed)]
     k = min(len(pos), len(neg))
     if k < 2:
         raise ValueError(f"too few documents to train a classifier: {len(pos)} positive, {len(neg)} negative")

@@ -1,0 +1,139 @@
+"""The training loader: packed `seq_len + 1` windows over a mixture plan, deterministic, sharded and resumable.
+
+The mixture's token stream (plan segments read from memory-mapped token arrays) is cut into consecutive
+windows of `seq_len + 1` tokens. The order of windows is a seeded permutation per epoch that does not depend on
+the number of ranks: global batch `b` is windows `order[b*B:(b+1)*B]`, and rank `r` of `W` takes every W-th of
+them. A state dict `{epoch, step}` therefore resumes the same global stream on any world size that divides B.
+Each window carries document boundaries (position ids restart at 0, and a document index per token) for
+document-aware attention masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import xxhash
+
+from minigpt_assets.data.mixture import Plan
+
+
+class PackedTokens:
+    """Random access to window i of the plan's token stream, with document boundaries."""
+
+    def __init__(self, plan: Plan, arrays: dict[str, np.ndarray], seq_len: int):
+        self.plan, self.arrays, self.seq_len = plan, arrays, seq_len
+        self.window = seq_len + 1
+        self.num_windows = plan.total // self.window
+        missing = set(plan.sources) - set(arrays)
+        if missing:
+            raise KeyError(f"no token array for source(s) {sorted(missing)} of the plan")
+
+    def __len__(self) -> int:
+        return self.num_windows
+
+    def window_tokens(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens [seq_len+1], document index per token starting at 0) of window i."""
+        lo, hi = i * self.window, (i + 1) * self.window
+        p = self.plan
+        seg = int(np.searchsorted(p.ends, lo, side="right"))
+        toks = np.empty(self.window, dtype=np.int64)
+        docs = np.empty(self.window, dtype=np.int64)
+        pos, d = lo, 0
+        while pos < hi:
+            seg_start = int(p.ends[seg] - p.length[seg])
+            a = pos - seg_start
+            b = min(hi, int(p.ends[seg])) - seg_start
+            src = self.arrays[p.sources[seg]]
+            s0 = int(p.start[seg]) + int(p.doc_offset[seg])
+            toks[pos - lo: pos - lo + (b - a)] = src[s0 + a: s0 + b]
+            docs[pos - lo: pos - lo + (b - a)] = d
+            pos = seg_start + b
+            seg += 1
+            d += 1
+        return toks, docs
+
+
+def _positions(docs: np.ndarray) -> np.ndarray:
+    """Position ids that restart at 0 at every document boundary."""
+    starts = np.r_[0, np.flatnonzero(np.diff(docs)) + 1]
+    pos = np.arange(len(docs))
+    return pos - np.repeat(starts, np.diff(np.r_[starts, len(docs)]))
+
+
+@dataclass
+class LoaderState:
+    epoch: int = 0
+    step: int = 0  # global batches consumed in this epoch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step}
+
+
+@dataclass
+class PackedLoader:
+    """Batches of `batch_size` (global) windows; this rank gets `batch_size // world_size` of each."""
+
+    data: PackedTokens
+    batch_size: int
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    worker_id: int = 0
+    num_workers: int = 1
+    state: LoaderState = field(default_factory=LoaderState)
+    _order: tuple[int, np.ndarray] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.world_size:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by world_size {self.world_size}")
+        if len(self.data) < self.batch_size:
+            raise ValueError(f"the plan has {len(self.data)} windows, fewer than one batch of {self.batch_size}")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.data) // self.batch_size
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's window order: a function of (seed, epoch) only, never of rank or world size."""
+        if self._order is None or self._order[0] != epoch:
+            rng = np.random.default_rng(xxhash.xxh64_intdigest(f"loader:{self.seed}:{epoch}".encode()))
+            self._order = (epoch, rng.permutation(len(self.data)))
+        return self._order[1]
+
+    def global_batch_indices(self, epoch: int, step: int) -> np.ndarray:
+        return self.order(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
+
+    def batch(self, epoch: int, step: int) -> dict[str, np.ndarray]:
+        idx = self.global_batch_indices(epoch, step)[self.rank::self.world_size]
+        toks, docs = zip(*(self.data.window_tokens(int(i)) for i in idx))
+        t, d = np.stack(toks), np.stack(docs)
+        return {"input_ids": t[:, :-1], "labels": t[:, 1:], "doc_ids": d[:, :-1],
+                "position_ids": np.stack([_positions(x) for x in d[:, :-1]]), "windows": idx}
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        """Endless batches from the current state; DataLoader worker w of k takes steps with step % k == w."""
+        while True:
+            if self.state.step >= self.steps_per_epoch:
+                self.state = LoaderState(self.state.epoch + 1, 0)
+            epoch, step = self.state.epoch, self.state.step
+            self.state = LoaderState(epoch, step + 1)
+            if step % self.num_workers == self.worker_id:
+                yield self.batch(epoch, step)
+
+    def state_dict(self) -> dict:
+        return self.state.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = LoaderState(int(state["epoch"]), int(state["step"]))
+
+
+def open_mixture(folder: Path, token_dirs: dict[str, tuple[Path, str]], split: str, seq_len: int) -> PackedTokens:
+    """PackedTokens for a materialized mixture folder; token_dirs: source -> (token_shards folder, dtype)."""
+    from minigpt_assets.data.tokens import open_tokens
+
+    plan = Plan(Path(folder) / f"plan_{split}.parquet")
+    arrays = {s: open_tokens(d, split, dt) for s, (d, dt) in token_dirs.items()}
+    return PackedTokens(plan, arrays, seq_len)
