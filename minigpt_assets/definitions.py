@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from minigpt_assets.defs import dedup, filters, quality, recipe_assets, sources
+from minigpt_assets.defs import dedup, filters, mixtures, quality, recipe_assets, sources, tokens
 from minigpt_assets.defs.automation import automation_sensor
 from minigpt_assets.defs.partitions import Partitions
 from minigpt_assets.defs.resources import ProjectResource
@@ -28,6 +28,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         *quality.build(cat, parts, recipes),
         *filters.build(cat, parts, recipes),
         *dedup.build(cat, parts, recipes),
+        *tokens.build(cat, parts, recipes),
+        *mixtures.build(cat, parts, recipes),
     ]
     checks = [d for d in stage_defs if isinstance(d, dg.AssetChecksDefinition)]
     assets = [*recipes.values()] + [d for d in stage_defs if not isinstance(d, dg.AssetChecksDefinition)]

@@ -172,6 +172,11 @@ STATS_SCHEMAS: dict[str, pa.Schema] = {
                               ("near_removed", pa.int64()), ("clusters", pa.int64())]),
     "dedup_clusters": pa.schema([("dedup_group", pa.string()), ("cluster", pa.string()), ("kind", pa.string()),
                                  ("source", pa.string()), ("id", pa.string()), ("kept", pa.bool_())]),
+    "token_stats": pa.schema([("tokenizer", pa.string()), ("source", pa.string()), ("split", pa.string()),
+                              ("documents", pa.int64()), ("tokens", pa.int64()), ("bytes", pa.int64())]),
+    "mixture_stats": pa.schema([("mixture", pa.string()), ("split", pa.string()), ("source", pa.string()),
+                                ("documents", pa.int64()), ("tokens", pa.int64()), ("target_share", pa.float64()),
+                                ("actual_share", pa.float64()), ("epochs", pa.float64())]),
     "classifier_stats": pa.schema([("classifier", pa.string()), ("split", pa.string()), ("metric", pa.string()),
                                    ("value", pa.float64())]),
 }

@@ -79,6 +79,7 @@ def tiny_recipes(tmp_path) -> Path:
         filters: prose
         dedup: {{group: main, priority: 10}}
         shard_documents: 5
+        validation_fraction: 0.3
         """)
     write(root / "sources/beta.yaml", f"""
         kind: jsonl
@@ -87,6 +88,7 @@ def tiny_recipes(tmp_path) -> Path:
         domain: web
         filters: web
         dedup: {{group: main, priority: 1}}
+        validation_fraction: 0.3
         """)
     write(root / "sources/spam.yaml", f"""
         kind: jsonl
@@ -107,6 +109,18 @@ def tiny_recipes(tmp_path) -> Path:
         positive: [alpha]
         negative: [spam]
         epochs: 10
+        """)
+    write(root / "tokenizers/tiny.yaml", """
+        vocab_size: 300
+        sources: [alpha, beta]
+        """)
+    write(root / "mixtures/mix.yaml", """
+        sources: {alpha: 0.6, beta: 0.4}
+        tokenizer: tiny
+        total_tokens: 3000
+        validation_tokens: 300
+        seq_len: 32
+        max_epochs: 10
         """)
     write(root / "dedup/main.yaml", """
         threshold: 0.7

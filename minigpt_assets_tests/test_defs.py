@@ -63,7 +63,9 @@ def test_materialize_whole_graph(tiny_recipes, tmp_path):
     assert bad == []
     ran = {(o.asset, o.partition) for o in outcomes}
     assert ("dedup_index", "main") in ran and ("quality_classifier", "clf") in ran
-    assert len(ran) == 3 + 1 + 3 + 1 + 3
+    assert {("tokenizer", "tiny"), ("token_shards", "tiny.alpha"), ("token_shards", "tiny.beta"),
+            ("mixture", "mix")} <= ran
+    assert len(ran) == 3 + 1 + 3 + 1 + 3 + 1 + 2 + 1
 
     db = StatsDB(s.home)
     _, rows = db.query("SELECT source, stage, documents FROM source_stats ORDER BY source, stage")
@@ -79,6 +81,15 @@ def test_materialize_whole_graph(tiny_recipes, tmp_path):
     assert rows == [(1,)]
     _, rows = db.query("SELECT value FROM classifier_stats WHERE metric = 'accuracy' AND split = 'validation'")
     assert rows and rows[0][0] > 0.6
+    _, rows = db.query("SELECT split, source, tokens, target_share, actual_share FROM mixture_stats ORDER BY 1, 2")
+    assert [(r[0], r[1], r[2]) for r in rows] == [("train", "alpha", 1800), ("train", "beta", 1200),
+                                                 ("val", "alpha", 180), ("val", "beta", 120)]
+    assert all(abs(r[3] - r[4]) < 1e-9 for r in rows)
+    from minigpt_assets.data.loader import PackedLoader, open_mixture
+
+    data = open_mixture(ArtifactStore(s.home).require("mixture", "mix").path, "train")
+    batch = PackedLoader(data, batch_size=4, seed=0).batch(0, 0)
+    assert batch["input_ids"].shape == (4, 32)
 
     store = ArtifactStore(s.home)
     art = store.require("deduplicated_documents", "beta")
@@ -89,7 +100,7 @@ def test_materialize_whole_graph(tiny_recipes, tmp_path):
 
     # running again on unchanged inputs publishes identical content: same data versions
     versions = {(o.asset, o.partition): o.metadata.get("content_hash") for o in outcomes}
-    again = materialize_graph(s, select={"source_documents", "filtered_documents"}, log=lambda _: None)
+    again = materialize_graph(s, select={"source_documents", "filtered_documents"}, log=lambda _: None, force=True)
     assert all(versions[(o.asset, o.partition)] == o.metadata["content_hash"] for o in again)
 
 
@@ -137,8 +148,13 @@ def test_only_what_changed(tiny_recipes, tmp_path):
     s = _settings(tmp_path, tiny_recipes)
     quiet = {"log": lambda _: None}
     first = materialize_graph(s, **quiet)
-    assert all(o.ok for o in first) and len(_ran(first)) == 11
+    assert all(o.ok for o in first) and len(_ran(first)) == 15
     assert _ran(materialize_graph(s, **quiet)) == set()  # a second run runs nothing
+
+    # a mixture recipe edit re-runs that mixture only
+    mx = tiny_recipes / "mixtures/mix.yaml"
+    mx.write_text(mx.read_text().replace("alpha: 0.6, beta: 0.4", "alpha: 0.5, beta: 0.5"))
+    assert _ran(materialize_graph(s, **quiet)) == {("mixture", "mix")}
 
     # a dedup recipe change that finds the same duplicates: the index re-runs, its data version is unchanged,
     # so nothing below it runs
@@ -147,8 +163,9 @@ def test_only_what_changed(tiny_recipes, tmp_path):
     assert _ran(materialize_graph(s, **quiet)) == {("dedup_index", "main")}
     # one that changes the result re-runs the index and its members only
     dd.write_text(dd.read_text() + "near: false\n")
-    assert _ran(materialize_graph(s, **quiet)) == {
-        ("dedup_index", "main"), ("deduplicated_documents", "alpha"), ("deduplicated_documents", "beta")}
+    ran = _ran(materialize_graph(s, **quiet))
+    assert {("dedup_index", "main"), ("deduplicated_documents", "alpha"), ("deduplicated_documents", "beta")} <= ran
+    assert not {a for a, _ in ran} & {"source_documents", "filtered_documents", "quality_classifier"}
 
     # a source recipe edit that does not change its bytes: the source re-runs, yields the same data version,
     # and the global index stays fresh
@@ -156,7 +173,8 @@ def test_only_what_changed(tiny_recipes, tmp_path):
     src.write_text(src.read_text() + "description: the same documents, described\n")
     ran = _ran(materialize_graph(s, **quiet))
     assert ("source_documents", "alpha") in ran and ("dedup_index", "main") not in ran
-    assert not {p for a, p in ran} - {"alpha"}
+    assert not {p for a, p in ran} - {"alpha", "tiny.alpha"}  # token shards read the recipe's split fraction
+    assert ("mixture", "mix") not in ran  # identical token shards: the mixture stays fresh
 
     # forcing runs everything again
-    assert len(_ran(materialize_graph(s, force=True, **quiet))) == 11
+    assert len(_ran(materialize_graph(s, force=True, **quiet))) == 15

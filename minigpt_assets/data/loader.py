@@ -130,10 +130,13 @@ class PackedLoader:
         self.state = LoaderState(int(state["epoch"]), int(state["step"]))
 
 
-def open_mixture(folder: Path, token_dirs: dict[str, tuple[Path, str]], split: str, seq_len: int) -> PackedTokens:
-    """PackedTokens for a materialized mixture folder; token_dirs: source -> (token_shards folder, dtype)."""
+def open_mixture(folder: Path, split: str = "train") -> PackedTokens:
+    """PackedTokens of a materialized `mixture` artifact (its mixture.json names the token arrays)."""
+    import json
+
     from minigpt_assets.data.tokens import open_tokens
 
+    meta = json.loads((Path(folder) / "mixture.json").read_text())
     plan = Plan(Path(folder) / f"plan_{split}.parquet")
-    arrays = {s: open_tokens(d, split, dt) for s, (d, dt) in token_dirs.items()}
-    return PackedTokens(plan, arrays, seq_len)
+    arrays = {s: open_tokens(Path(v["path"]), split, v["dtype"]) for s, v in meta["sources"].items()}
+    return PackedTokens(plan, arrays, meta["seq_len"])

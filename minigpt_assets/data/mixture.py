@@ -133,3 +133,81 @@ class Plan:
             pos = seg_start + b
             i += 1
         return out
+
+
+@dataclass
+class MixtureSource:
+    token_dir: Path  # a token_shards artifact: index.parquet, train.bin, val.bin
+    dtype: str
+    optional: bool = False
+
+
+def build_mixture(name: str, recipe, sources: dict[str, MixtureSource], out_dir: Path
+                  ) -> tuple[list[dict], list[str]]:
+    """Plan both splits of a mixture recipe into out_dir; returns (mixture_stats rows, warnings).
+
+    An optional source with no tokens (its corpus is absent on this machine) is dropped and the other weights
+    renormalized, with a warning; any other shortfall is a MixtureError.
+    """
+    import json
+
+    out_dir = Path(out_dir)
+    weights, warnings = {}, []
+    indexes = {sp: {} for sp in ("train", "val")}
+    for src, w in recipe.sources.items():
+        ms = sources[src]
+        for sp in indexes:
+            indexes[sp][src] = SourceIndex.read(ms.token_dir / "index.parquet", sp)
+        if ms.optional and indexes["train"][src].tokens == 0:
+            warnings.append(f"optional source {src!r} has no tokens on this machine: dropped, weights renormalized")
+            continue
+        weights[src] = w
+    if not weights:
+        raise MixtureError(f"mixture {name!r}: none of its sources has tokens")
+    total_w = sum(weights.values())
+    rows = []
+    for split, total in (("train", recipe.total_tokens), ("val", recipe.validation_tokens)):
+        if total == 0:
+            continue
+        table, stats = plan_split({s: indexes[split][s] for s in weights}, weights, total, recipe.seed,
+                                  recipe.max_epochs, split)
+        write_plan(out_dir, split, table)
+        realized = {s: 0 for s in weights}
+        for s, n in zip(table.column("source").to_pylist(), table.column("length").to_pylist()):
+            realized[s] += n
+        for s in sorted(weights):
+            rows.append({"mixture": name, "split": split, "source": s, "documents": stats[s]["documents"],
+                         "tokens": realized[s], "target_share": weights[s] / total_w,
+                         "actual_share": realized[s] / total, "epochs": stats[s]["epochs"]})
+    (out_dir / "mixture.json").write_text(json.dumps({
+        "mixture": name, "seq_len": recipe.seq_len, "seed": recipe.seed, "weights": weights,
+        "sources": {s: {"path": str(sources[s].token_dir), "dtype": sources[s].dtype} for s in weights}},
+        indent=1, sort_keys=True))
+    plot_composition(rows, out_dir / "composition.png", name)
+    return rows, warnings
+
+
+def plot_composition(rows: list[dict], path: Path, title: str) -> None:
+    """Stacked bars: target vs realized token shares per split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = sorted({r["split"] for r in rows}, reverse=True)
+    sources = sorted({r["source"] for r in rows})
+    bars = [(sp, kind) for sp in splits for kind in ("target_share", "actual_share")]
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    left = np.zeros(len(bars))
+    for s in sources:
+        vals = np.array([next((r[k] for r in rows if r["split"] == sp and r["source"] == s), 0.0) for sp, k in bars])
+        ax.barh(range(len(bars)), vals, left=left, label=s)
+        left += vals
+    ax.set_yticks(range(len(bars)), [f"{sp} {k.split('_')[0]}" for sp, k in bars])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of tokens")
+    ax.set_title(f"mixture {title}")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=min(4, len(sources)), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

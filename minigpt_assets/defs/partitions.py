@@ -15,6 +15,9 @@ class Partitions:
     sources: dg.StaticPartitionsDefinition
     classifiers: dg.StaticPartitionsDefinition | None
     dedup_groups: dg.StaticPartitionsDefinition | None
+    tokenizers: dg.StaticPartitionsDefinition | None = None
+    token_shards: dg.StaticPartitionsDefinition | None = None
+    mixtures: dg.StaticPartitionsDefinition | None = None
 
     @classmethod
     def from_catalog(cls, cat: Catalog) -> "Partitions":
@@ -22,11 +25,25 @@ class Partitions:
             return dg.StaticPartitionsDefinition(sorted(keys)) if keys else None
 
         used_groups = {s.dedup.group for s in cat.sources.values() if s.dedup.group is not None}
+        mixtures = {m for m, r in cat.mixtures.items() if r.tokenizer in cat.tokenizers}
         return cls(
             sources=dg.StaticPartitionsDefinition(sorted(cat.sources)),
             classifiers=static(cat.classifiers),
             dedup_groups=static(used_groups & set(cat.dedup)),
+            tokenizers=static(cat.tokenizers),
+            token_shards=static([token_key(t, s) for t, s in cat.token_shard_keys()]),
+            mixtures=static(mixtures),
         )
+
+
+def token_key(tokenizer: str, source: str) -> str:
+    """The token_shards partition of one (tokenizer, source) pair; '.' never occurs in recipe names."""
+    return f"{tokenizer}.{source}"
+
+
+def split_token_key(key: str) -> tuple[str, str]:
+    tok, src = key.split(".", 1)
+    return tok, src
 
 
 def _mapping(pairs: list[tuple[str, str]]) -> dg.StaticPartitionMapping:
@@ -54,3 +71,22 @@ def source_to_group(cat: Catalog) -> dg.StaticPartitionMapping:
 def group_to_source(cat: Catalog) -> dg.StaticPartitionMapping:
     """dedup_index[group] feeds deduplicated_documents[src] of every member src."""
     return _mapping([(r.dedup.group, s) for s, r in cat.sources.items() if r.dedup.group is not None])
+
+
+def source_to_tokenizer(cat: Catalog) -> dg.StaticPartitionMapping:
+    """deduplicated_documents[src] feeds tokenizer[tok] when tok trains on src."""
+    return _mapping([(s, t) for t in cat.tokenizers for s in cat.tokenizer_sources(t)])
+
+
+def source_to_token_shards(cat: Catalog) -> dg.StaticPartitionMapping:
+    return _mapping([(s, token_key(t, s)) for t, s in cat.token_shard_keys()])
+
+
+def tokenizer_to_token_shards(cat: Catalog) -> dg.StaticPartitionMapping:
+    return _mapping([(t, token_key(t, s)) for t, s in cat.token_shard_keys()])
+
+
+def token_shards_to_mixture(cat: Catalog) -> dg.StaticPartitionMapping:
+    """token_shards[tok.src] feeds mixture[mix] when mix uses tokenizer tok and names source src."""
+    return _mapping([(token_key(m.tokenizer, s), name) for name, m in cat.mixtures.items()
+                     if m.tokenizer in cat.tokenizers for s in m.sources])

@@ -21,7 +21,11 @@ OBSERVED: dict[str, tuple[str, Callable[[Catalog, str], str], str]] = {
     "classifier_recipe": ("classifiers", Catalog.classifier_hash,
                           "recipes/classifiers/<classifier>.yaml, as a content hash"),
     "dedup_recipe": ("dedup", Catalog.dedup_hash, "recipes/dedup/<group>.yaml, as a content hash"),
+    "tokenizer_recipe": ("tokenizers", Catalog.tokenizer_hash, "recipes/tokenizers/<tokenizer>.yaml, as a content hash"),
+    "mixture_recipe": ("mixtures", Catalog.mixture_hash, "recipes/mixtures/<mixture>.yaml, as a content hash"),
 }
+PARTITIONS = {"source_recipe": "sources", "classifier_recipe": "classifiers", "dedup_recipe": "dedup_groups",
+              "tokenizer_recipe": "tokenizers", "mixture_recipe": "mixtures"}
 
 
 def recipe_versions(cat: Catalog, asset: str, keys: list[str]) -> dict[str, str]:
@@ -41,8 +45,8 @@ def _observable(name: str, partitions: dg.StaticPartitionsDefinition):
 
 def report_versions(instance: dg.DagsterInstance, cat: Catalog, parts: Partitions) -> None:
     """Record the current recipe hashes as runless observations (what the observable assets would report)."""
-    for name, pdef in (("source_recipe", parts.sources), ("classifier_recipe", parts.classifiers),
-                       ("dedup_recipe", parts.dedup_groups)):
+    for name, attr in PARTITIONS.items():
+        pdef = getattr(parts, attr)
         if pdef is None:
             continue
         for key, version in recipe_versions(cat, name, pdef.get_partition_keys()).items():
@@ -51,9 +55,5 @@ def report_versions(instance: dg.DagsterInstance, cat: Catalog, parts: Partition
 
 
 def build(cat: Catalog, parts: Partitions) -> dict[str, object]:
-    out = {"source_recipe": _observable("source_recipe", parts.sources)}
-    if parts.classifiers is not None:
-        out["classifier_recipe"] = _observable("classifier_recipe", parts.classifiers)
-    if parts.dedup_groups is not None:
-        out["dedup_recipe"] = _observable("dedup_recipe", parts.dedup_groups)
-    return out
+    return {name: _observable(name, getattr(parts, attr)) for name, attr in PARTITIONS.items()
+            if getattr(parts, attr) is not None}
