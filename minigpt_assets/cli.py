@@ -148,6 +148,24 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze_mixture(args: argparse.Namespace) -> int:
+    from minigpt_assets.store import ArtifactStore, StatsDB
+
+    settings = _settings(args)
+    art = ArtifactStore(settings.home).current("mixture", args.name)
+    if art is None:
+        return _fail(f"mixture {args.name!r} is not materialized under {settings.home} "
+                     f"(run: minigpt materialize --select mixture --partition {args.name})")
+    cols, rows = StatsDB(settings.home).query(
+        "SELECT mixture, split, source, documents, tokens, target_share, actual_share, epochs FROM mixture_stats "
+        f"WHERE mixture = '{args.name}' ORDER BY split DESC, source")
+    print(format_table(cols, rows))
+    for w in art.manifest.get("meta", {}).get("warnings", []):
+        print(f"warning: {w}")
+    print(f"composition: {art.path / 'composition.png'}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ bench / ui
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "data":
@@ -187,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sql", parents=[common], help="query the DuckDB stats database")
     s.add_argument("query")
     s.set_defaults(func=cmd_sql)
+    s = sub.add_parser("analyze-mixture", parents=[common], help="token shares of a materialized mixture")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_analyze_mixture)
     s = sub.add_parser("bench", parents=[common], help="benchmarks that print tables")
     s.add_argument("what", choices=["data"])
     s.add_argument("--docs", type=int, default=6000, help="documents per benchmark input")
