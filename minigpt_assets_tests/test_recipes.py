@@ -61,14 +61,18 @@ def test_cross_references(tmp_path):
     root = tmp_path / "recipes"
     write(root / "sources/web.yaml", f"kind: jsonl\nlocation: {data}\ndomain: web\ndedup: {{group: null}}\n")
     write(root / "classifiers/clf.yaml", "positive: [web]\nnegative: [ghost]\n")
-    write(root / "mixtures/mix.yaml", "sources: {web: 0.7, phantom: 0.3}\n")
-    write(root / "mixtures/neg.yaml", "sources: {web: 0.0}\n")
+    write(root / "mixtures/mix.yaml", "sources: {web: 0.7, phantom: 0.3}\ntokenizer: t\n")
+    write(root / "mixtures/neg.yaml", "sources: {web: 0.0}\ntokenizer: t\n")
+    write(root / "mixtures/notok.yaml", "sources: {web: 1.0}\ntokenizer: missing\n")
+    write(root / "tokenizers/t.yaml", "vocab_size: 100\nsources: [nothere]\n")
     write(root / "filters/f.yaml", "quality: {classifier: nope}\n")
     probs = _problems(root)
     assert any("classifiers/clf.yaml: negative: unknown source name 'ghost'" in p for p in probs), probs
     assert any("mixtures/mix.yaml: sources.phantom: unknown source name" in p for p in probs), probs
     assert any("mixtures/neg.yaml: sources: weights must be > 0" in p for p in probs), probs
     assert any("filters/f.yaml: quality.classifier: unknown classifier 'nope'" in p for p in probs), probs
+    assert any("mixtures/notok.yaml: tokenizer: unknown tokenizer 'missing'" in p for p in probs), probs
+    assert any("tokenizers/t.yaml: vocab_size: Input should be greater than or equal to 300" in p for p in probs), probs
     with pytest.raises(RecipeError) as e:
         Catalog.load_or_raise(root)
     assert len(str(e.value).splitlines()) == len(probs)

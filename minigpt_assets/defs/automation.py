@@ -23,10 +23,10 @@ OBSERVE_RECIPES = dg.AutomationCondition.cron_tick_passed("*/2 * * * *").with_la
 
 
 def automation_sensor() -> dg.AutomationConditionSensorDefinition:
-    """Evaluates the conditions while `dagster dev` runs. Stopped by default: start it in the UI (Automation)."""
+    """Evaluates the conditions while `dagster dev` runs (its daemon), so stale partitions re-materialize."""
     return dg.AutomationConditionSensorDefinition(
         name="minigpt_automation",
         target=dg.AssetSelection.all(),
-        default_status=dg.DefaultSensorStatus.STOPPED,
+        default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
     )
