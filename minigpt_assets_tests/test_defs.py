@@ -176,6 +176,13 @@ def test_only_what_changed(tiny_recipes, tmp_path):
     assert not {p for a, p in ran} - {"alpha", "tiny.alpha"}  # token shards read the recipe's split fraction
     assert ("mixture", "mix") not in ran  # identical token shards: the mixture stays fresh
 
+    # a source edit that changes its documents re-runs that source down to the mixture that uses it
+    (tiny_recipes / "sources/beta.yaml").write_text((tiny_recipes / "sources/beta.yaml").read_text()
+                                                   + "limit_documents: 8\n")
+    ran = _ran(materialize_graph(s, **quiet))
+    assert {("source_documents", "beta"), ("token_shards", "tiny.beta"), ("mixture", "mix")} <= ran
+    assert ("source_documents", "alpha") not in ran and ("quality_classifier", "clf") not in ran
+
     # forcing runs everything again
     assert len(_ran(materialize_graph(s, force=True, **quiet))) == 15
 

@@ -113,6 +113,12 @@ class PackedLoader:
         return {"input_ids": t[:, :-1], "labels": t[:, 1:], "doc_ids": d[:, :-1],
                 "position_ids": np.stack([_positions(x) for x in d[:, :-1]]), "windows": idx}
 
+    def provenance(self, epoch: int, step: int) -> list[list[dict]]:
+        """For each window of global batch (epoch, step): the documents (source, id, offset) its tokens came from."""
+        w = self.data.window
+        return [self.data.plan.provenance(int(i) * w, (int(i) + 1) * w)
+                for i in self.global_batch_indices(epoch, step)]
+
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         """Endless batches from the current state; DataLoader worker w of k takes steps with step % k == w."""
         while True:

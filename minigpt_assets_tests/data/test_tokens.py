@@ -111,6 +111,10 @@ def test_provenance_and_loader(corpus, tmp_path):
 
     full = PackedLoader(data, batch_size=8, seed=5)
     b = full.batch(0, 3)
+    # a training step traces back to its documents
+    prov_step = full.provenance(0, 3)
+    assert len(prov_step) == 8 and all(sum(p["tokens"] for p in win) == 65 for win in prov_step)
+    assert prov_step[0] == plan.provenance(int(b["windows"][0]) * 65, (int(b["windows"][0]) + 1) * 65)
     assert b["input_ids"].shape == (8, 64) and np.array_equal(b["input_ids"][:, 1:], b["labels"][:, :-1])
     assert (b["position_ids"][b["doc_ids"] != np.roll(b["doc_ids"], 1, axis=1)][1:] == 0).all()
     # ranks partition the global batch, whatever the world size
