@@ -26,7 +26,7 @@ def automation_sensor() -> dg.AutomationConditionSensorDefinition:
     """Evaluates the conditions while `dagster dev` runs (its daemon), so stale partitions re-materialize."""
     return dg.AutomationConditionSensorDefinition(
         name="minigpt_automation",
-        target=dg.AssetSelection.all(),
+        target=dg.AssetSelection.all(include_sources=True),  # the recipe observables too
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
     )
