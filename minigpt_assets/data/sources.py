@@ -83,17 +83,12 @@ def _rel(f: Path, root: Path) -> Path:
 
 
 def _glob_match(rel: Path, pattern: str) -> bool:
+    """Match a path relative to the source root. As in fnmatch, `*` also crosses `/`; a leading `**/` also
+    matches zero directories, so `**/test/**` excludes every test dir and `test/**` only the top-level one."""
     import fnmatch
 
     s = rel.as_posix()
-    if fnmatch.fnmatch(s, pattern):
-        return True
-    if pattern.endswith("/**"):  # "test/**": anything under a top-level test/
-        return s.startswith(pattern[:-2])
-    if pattern.startswith("**/"):
-        return fnmatch.fnmatch(s, pattern[3:]) or any(
-            fnmatch.fnmatch("/".join(rel.parts[i:]), pattern[3:]) for i in range(len(rel.parts)))
-    return False
+    return fnmatch.fnmatch(s, pattern) or (pattern.startswith("**/") and fnmatch.fnmatch(s, pattern[3:]))
 
 
 def _key(rec_id: Any, provenance: str) -> str:

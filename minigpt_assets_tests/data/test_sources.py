@@ -100,11 +100,12 @@ def test_text_dir_with_split_and_bad_encoding(tmp_path):
 def test_code_tree_languages_excludes_and_size_limit(tmp_path):
     root = tmp_path / "repo"
     for rel, body in {"a.py": "print(1)\n", "lib/b.rs": "fn main() {}\n", "lib/c.c": "int x;\n",
-                      "test/t.py": "assert 1\n", "big.py": "x = 1\n" * 1000}.items():
+                      "test/t.py": "assert 1\n", "lib/tests/t2.py": "assert 2\n",
+                      "big.py": "x = 1\n" * 1000}.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(body)
     r = recipe(kind="code_tree", location=str(root), include=["**/*.py", "**/*.rs", "**/*.c"],
-               exclude=["test/**"], max_file_bytes=1000)
+               exclude=["test/**", "**/tests/**"], max_file_bytes=1000)
     docs, rej = split(list(read_source("c", r)))
     langs = {json.loads(d["meta"])["path"]: json.loads(d["meta"])["language"] for d in docs}
     assert langs == {"a.py": "python", "lib/b.rs": "rust", "lib/c.c": "c"}
