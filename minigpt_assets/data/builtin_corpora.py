@@ -233,28 +233,35 @@ def gen_synthetic_web(num_documents: int = 3000, seed: int = 13) -> Iterator[Ite
     rng = random.Random(seed)
     sents = _sentences()
     docs = _docstring_documents(50)
-    pages: list[tuple[str, str]] = []
+    pages: list[tuple[str, str, int | None]] = []  # (kind, text, index of the page it copies)
     n = num_documents
     counts = {"exact_dup": int(0.08 * n), "near_dup": int(0.08 * n), "spam": int(0.08 * n),
               "foreign": int(0.03 * n), "cross_dup": int(0.03 * n)}
     n_clean = n - sum(counts.values())
     clean = [_clean_page(rng, sents) for _ in range(n_clean)]
-    pages += [("clean", t) for t in clean]
-    pages += [("exact_dup", rng.choice(clean)) for _ in range(counts["exact_dup"])]
-    pages += [("near_dup", _near_dup(rng, rng.choice(clean))) for _ in range(counts["near_dup"])]
-    pages += [("spam", _spam_page(rng, sents, i % 7)) for i in range(counts["spam"])]
+    pages += [("clean", t, None) for t in clean]
+    for _ in range(counts["exact_dup"]):
+        j = rng.randrange(len(clean))
+        pages.append(("exact_dup", clean[j], j))
+    for _ in range(counts["near_dup"]):
+        j = rng.randrange(len(clean))
+        pages.append(("near_dup", _near_dup(rng, clean[j]), j))
+    pages += [("spam", _spam_page(rng, sents, i % 7), None) for i in range(counts["spam"])]
     langs = sorted(FOREIGN)
     for i in range(counts["foreign"]):
         pool = FOREIGN[langs[i % len(langs)]]
         body = "\n\n".join(" ".join(rng.sample(pool, min(3, len(pool)))) for _ in range(rng.randint(2, 4)))
-        pages.append(("foreign", f"{' | '.join(rng.sample(NAV, 4))}\n\n{body}"))
-    pages += [("cross_dup", docs[rng.randrange(len(docs))][1]) for _ in range(counts["cross_dup"])]
+        pages.append(("foreign", f"{' | '.join(rng.sample(NAV, 4))}\n\n{body}", None))
+    pages += [("cross_dup", docs[rng.randrange(len(docs))][1], None) for _ in range(counts["cross_dup"])]
     order = list(range(len(pages)))
     rng.shuffle(order)
+    rank_of = {i: rank for rank, i in enumerate(order)}
     for rank, i in enumerate(order):
-        kind, text = pages[i]
-        key = f"page/{rank:06d}"
-        yield key, text, {"kind": kind, "url": f"https://site{rank % 97}.example/{rank}"}
+        kind, text, src = pages[i]
+        meta = {"kind": kind, "url": f"https://site{rank % 97}.example/{rank}"}
+        if src is not None:
+            meta["copy_of"] = f"page/{rank_of[src]:06d}"  # planted duplicate: the key of its original
+        yield f"page/{rank:06d}", text, meta
 
 
 def gen_synthetic_spam(num_documents: int = 1500, seed: int = 7) -> Iterator[Item]:

@@ -182,6 +182,9 @@ def test_builtin_corpora_are_deterministic_and_planted():
     assert all(t in doc_texts for _, t, m in web1 if m["kind"] == "cross_dup")
     clean = {t for _, t, m in web1 if m["kind"] == "clean"}
     assert all(t in clean for _, t, m in web1 if m["kind"] == "exact_dup")
+    by_key = {k: t for k, t, _ in web1}  # every planted copy names its original
+    assert all(by_key[m["copy_of"]] == t for _, t, m in web1 if m["kind"] == "exact_dup")
+    assert sum("copy_of" in m for _, _, m in web1) == 80
 
 
 def test_man_pages_optional_when_absent(tmp_path):
