@@ -1,20 +1,24 @@
 """Streaming readers for every source kind, yielding normalized documents or counted rejects, and `ingest_source`.
 
-Readers never hold a whole file: JSON lines are read line by line from (possibly compressed) byte streams,
-Parquet and Arrow data in record batches, DuckDB results as record-batch streams.
+Readers never hold a whole input: JSON lines are read line by line from (possibly compressed) byte streams with a
+bounded decompression buffer, Parquet and Hugging Face data in record batches, DuckDB results as record-batch
+streams. Text and code trees are read one file at a time. A bad record becomes a `Rejected` (counted by reason and
+sampled into `rejects.parquet`); it never stops the source and is never dropped silently.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import glob as globlib
-import gzip
 import json
 import os
+import struct
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,17 +26,24 @@ import pyarrow.parquet as pq
 from minigpt_assets.data.documents import ShardInfo, ShardWriter, document, make_doc_id
 from minigpt_assets.recipes import expand_location, is_url
 
-BATCH = 1024
+BATCH = 1024  # rows per Arrow batch (Parquet, HF datasets, DuckDB)
+READ_CHUNK = 256 << 10  # bytes read at a time (compressed or plain)
+MAX_OUT_CHUNK = 1 << 20  # most decompressed bytes produced from one gzip or zstd step
 MAX_REJECT_SAMPLES = 1000
+REJECT_REASONS = ("invalid_utf8", "invalid_json", "missing_text", "empty_text", "truncated_file",
+                  "unreadable_file", "not_a_string", "too_large")
+JSONL_PATTERNS = ("**/*.jsonl", "**/*.jsonl.gz", "**/*.jsonl.zst", "**/*.jsonl.zstd", "**/*.json.gz",
+                  "**/*.json.zst", "**/*.ndjson", "**/*.ndjson.gz", "**/*.ndjson.zst")
+REJECTS_SCHEMA = pa.schema([("reason", pa.string()), ("provenance", pa.string()), ("example", pa.string())])
 
 
 @dataclass
 class Rejected:
     """A bad record: counted per reason and sampled, never fatal and never silently dropped."""
 
-    reason: str
-    provenance: str
-    example: str
+    reason: str  # one of REJECT_REASONS
+    provenance: str  # "path/in/source.jsonl.gz:123"
+    example: str  # the first ~200 characters of the raw record
 
 
 class SourceMissing(Exception):
@@ -40,7 +51,7 @@ class SourceMissing(Exception):
 
 
 class SourceQueryError(ValueError):
-    """A DuckDB source query failed; the message is one line."""
+    """A source's selection is invalid: a failing DuckDB query, an unknown split or text column; one line."""
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -50,29 +61,27 @@ def _head(raw: bytes | str, n: int = 200) -> str:
     return raw[:n]
 
 
-def _expand_files(location: str, patterns: tuple[str, ...] | None = None,
-                  exclude: tuple[str, ...] = ()) -> tuple[Path, list[Path]]:
-    """(root, sorted files) for a file, a glob, or a directory filtered by include/exclude globs."""
-    loc = expand_location(location.removeprefix("file://"))
-    if any(c in loc for c in "*?["):
-        root = Path(loc.split("*")[0].split("?")[0].split("[")[0]).parent if "/" in loc else Path(".")
-        files = [Path(p) for p in globlib.glob(loc, recursive=True) if Path(p).is_file()]
-    else:
-        p = Path(loc)
-        if p.is_file():
-            return p.parent, [p]
-        if not p.is_dir():
-            raise SourceMissing(f"file or directory not found: {loc}")
-        root = p
-        files = []
-        for pat in patterns or ("**/*",):
-            files += [q for q in p.glob(pat) if q.is_file()]
-    if exclude:
-        files = [f for f in files if not any(_glob_match(_rel(f, root), x) for x in exclude)]
-    files = sorted(set(files))
-    if not files and any(c in loc for c in "*?["):
-        raise SourceMissing(f"no file matches {location!r}")
-    return root, files
+def _one_line(e: BaseException, n: int = 300) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:n]
+
+
+def _has_magic(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def _glob_root(pattern: str) -> Path:
+    """The directory part of a glob before its first wildcard component: what provenance is relative to."""
+    head = pattern[: min(i for i in (pattern.find(c) for c in "*?[") if i >= 0)]
+    cut = head.rfind("/")
+    return Path(head[: cut + 1]) if cut >= 0 else Path(".")
+
+
+def _glob_match(rel: Path, pattern: str) -> bool:
+    """Match a path relative to the source root. As in fnmatch, `*` also crosses `/`; a leading `**/` also
+    matches zero directories, so `**/test/**` excludes every test dir and `test/**` only the top-level one."""
+    s = rel.as_posix()
+    return fnmatch.fnmatch(s, pattern) or (pattern.startswith("**/") and fnmatch.fnmatch(s, pattern[3:]))
 
 
 def _rel(f: Path, root: Path) -> Path:
@@ -82,90 +91,209 @@ def _rel(f: Path, root: Path) -> Path:
         return f
 
 
-def _glob_match(rel: Path, pattern: str) -> bool:
-    """Match a path relative to the source root. As in fnmatch, `*` also crosses `/`; a leading `**/` also
-    matches zero directories, so `**/test/**` excludes every test dir and `test/**` only the top-level one."""
-    import fnmatch
+def _expand_files(location: str, include: Iterable[str] | None = None,
+                  exclude: Iterable[str] = ()) -> tuple[Path, list[Path]]:
+    """(root, sorted files) for a local file, a glob, or a directory filtered by include/exclude globs.
 
-    s = rel.as_posix()
-    return fnmatch.fnmatch(s, pattern) or (pattern.startswith("**/") and fnmatch.fnmatch(s, pattern[3:]))
+    Raises SourceMissing when the path does not exist or the glob matches nothing.
+    """
+    loc = expand_location(location.removeprefix("file://"))
+    if _has_magic(loc):
+        root = _glob_root(loc)
+        files = [Path(p) for p in globlib.glob(loc, recursive=True) if os.path.isfile(p)]
+        if not files:
+            raise SourceMissing(f"no file matches {location!r}")
+    else:
+        p = Path(loc)
+        if p.is_file():
+            return p.parent, [p]
+        if not p.is_dir():
+            raise SourceMissing(f"file or directory not found: {loc}")
+        root = p
+        files = [q for pat in (include or ("**/*",)) for q in p.glob(pat) if q.is_file()]
+    exclude = tuple(exclude)
+    if exclude:
+        files = [f for f in files if not any(_glob_match(_rel(f, root), x) for x in exclude)]
+    return root, sorted(set(files))
 
 
 def _key(rec_id: Any, provenance: str) -> str:
     return str(rec_id) if rec_id is not None else provenance
 
 
-# ------------------------------------------------------------------------------------------------ jsonl
-def _open_lines(path: Path) -> Iterator[bytes]:
-    name = path.name
-    if name.endswith(".gz"):
-        with gzip.open(path, "rb") as f:
-            yield from f
-    elif name.endswith(".zst") or name.endswith(".zstd"):
-        yield from _zst_lines(path)
-    else:
-        with open(path, "rb") as f:
-            yield from f
-
-
-class TruncatedFile(EOFError):
-    """A compressed stream ended in the middle of a frame."""
-
-
-def _zst_lines(path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
-    """Lines of a (multi-frame) zstd file; raises TruncatedFile if the last frame is incomplete."""
-    import zstandard
-
-    dctx = zstandard.ZstdDecompressor()
-    dobj = dctx.decompressobj()
-    fed = False  # whether the current frame has received any input
-    pending = b""
-    with open(path, "rb") as raw:
-        while data := raw.read(chunk):
-            while data:
-                out = dobj.decompress(data)
-                fed = True
-                data = b""
-                if dobj.eof:  # a frame ended; the rest of the input starts the next one
-                    data = dobj.unused_data
-                    dobj, fed = dctx.decompressobj(), False
-                pending += out
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    yield line + b"\n"
-    if fed and not dobj.eof:
-        raise TruncatedFile("zstd stream ended inside a frame")
-    if pending:
-        yield pending
-
-
 def _record_to_doc(name: str, recipe, rec: Any, prov: str) -> dict | Rejected:
+    """A parsed record (dict) as a document, or the reason it is not one."""
     if not isinstance(rec, dict):
-        return Rejected("invalid_json", prov, _head(json.dumps(rec, default=str)))
+        return Rejected("invalid_json", prov, _head(json.dumps(rec, default=str, ensure_ascii=False)))
     text = rec.get(recipe.text_field)
-    if text is None:
-        return Rejected("missing_text", prov, _head(json.dumps(rec, default=str)))
-    if not isinstance(text, str):
-        return Rejected("not_a_string", prov, _head(json.dumps(rec, default=str)))
+    if text is None or not isinstance(text, str):
+        reason = "missing_text" if text is None else "not_a_string"
+        return Rejected(reason, prov, _head(json.dumps(rec, default=str, ensure_ascii=False)))
     if not text.strip():
-        return Rejected("empty_text", prov, _head(json.dumps(rec, default=str)))
+        return Rejected("empty_text", prov, _head(json.dumps(rec, default=str, ensure_ascii=False)))
     rid = rec.get(recipe.id_field) if recipe.id_field else None
     meta = {k: v for k, v in rec.items() if k != recipe.text_field}
     return document(make_doc_id(name, _key(rid, prov)), text, name, recipe.domain, prov, meta)
 
 
+# ------------------------------------------------------------------------------------------------ byte streams
+class TruncatedFile(EOFError):
+    """A compressed stream ended in the middle of a frame or member."""
+
+
+def _gzip_chunks(f) -> Iterator[bytes]:
+    """Decompressed chunks of a (multi-member) gzip stream, each at most MAX_OUT_CHUNK bytes.
+
+    Raises TruncatedFile when the stream ends inside a member, zlib.error when it is corrupt.
+    """
+    d = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    started = False  # whether the current member has received input
+    while data := f.read(READ_CHUNK):
+        while data:
+            out = d.decompress(data, MAX_OUT_CHUNK)
+            started = True
+            if out:
+                yield out
+            if d.unconsumed_tail:
+                data = d.unconsumed_tail
+            elif d.eof:
+                data = d.unused_data
+                if data and not data.strip(b"\x00"):
+                    data = b""  # zero padding after the last member
+                d, started = zlib.decompressobj(zlib.MAX_WBITS | 16), False
+            else:
+                data = b""
+    if started and not d.eof:
+        raise TruncatedFile("gzip stream ended before the end-of-stream marker")
+
+
+_ZSTD_MAGIC = 0xFD2FB528
+
+
+def _zstd_complete(f) -> str | None:
+    """Walk the frame and block headers of a zstd file (seeking over block bodies, so this reads almost nothing)
+    and say where it is cut short, or None when every frame is complete."""
+    size = f.seek(0, os.SEEK_END)
+    pos = 0
+
+    def read(n: int) -> bytes:
+        f.seek(pos)
+        return f.read(n)
+
+    while pos < size:
+        head = read(4)
+        if len(head) < 4:
+            return f"cut inside a frame header at byte {pos}"
+        magic = struct.unpack("<I", head)[0]
+        if 0x184D2A50 <= magic <= 0x184D2A5F:  # skippable frame
+            raw = read(8)
+            if len(raw) < 8:
+                return f"cut inside a skippable frame at byte {pos}"
+            pos += 8 + struct.unpack("<I", raw[4:])[0]
+            if pos > size:
+                return "cut inside a skippable frame"
+            continue
+        if magic != _ZSTD_MAGIC:
+            return f"not a zstd frame at byte {pos}"
+        desc = read(5)
+        if len(desc) < 5:
+            return f"cut inside a frame header at byte {pos}"
+        fhd = desc[4]
+        single = (fhd >> 5) & 1
+        fcs = {0: single, 1: 2, 2: 4, 3: 8}[fhd >> 6]
+        pos += 5 + (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + fcs
+        checksum = (fhd >> 2) & 1
+        while True:
+            bh = read(3)
+            if len(bh) < 3:
+                return "cut inside a block header"
+            v = bh[0] | bh[1] << 8 | bh[2] << 16
+            last, btype, bsize = v & 1, (v >> 1) & 3, v >> 3
+            if btype == 3:
+                return f"reserved block type at byte {pos}"
+            pos += 3 + (1 if btype == 1 else bsize)
+            if pos > size:
+                return "cut inside a block"
+            if last:
+                break
+        pos += 4 * checksum
+        if pos > size:
+            return "cut inside a frame checksum"
+    return None
+
+
+def _zstd_chunks(f) -> Iterator[bytes]:
+    """Decompressed chunks of a (multi-frame) zstd stream, bounded; TruncatedFile if the last frame is incomplete."""
+    import zstandard
+
+    problem = _zstd_complete(f)
+    f.seek(0)
+    reader = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True, closefd=False)
+    while out := reader.read(MAX_OUT_CHUNK):
+        yield out
+    if problem:
+        raise TruncatedFile(f"zstd stream {problem}")
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Split a chunk stream on b"\\n"; an unfinished last line is yielded only if the stream ends cleanly."""
+    pending: list[bytes] = []
+    for data in chunks:
+        parts = data.split(b"\n")
+        if len(parts) == 1:
+            pending.append(data)
+            continue
+        first = parts[0]
+        if pending:
+            pending.append(first)
+            first = b"".join(pending)
+            pending = []
+        yield first
+        yield from parts[1:-1]
+        if parts[-1]:
+            pending.append(parts[-1])
+    if pending:
+        yield b"".join(pending)
+
+
+def _raw_chunks(f) -> Iterator[bytes]:
+    while data := f.read(READ_CHUNK):
+        yield data
+
+
+def _file_lines(path: Path) -> Iterator[bytes]:
+    """Lines (without b"\\n") of a plain, .gz or .zst file, by file ending."""
+    name = path.name.lower()
+    with open(path, "rb") as f:
+        if name.endswith(".gz"):
+            yield from _lines(_gzip_chunks(f))
+        elif name.endswith((".zst", ".zstd")):
+            yield from _lines(_zstd_chunks(f))
+        else:
+            yield from _lines(_raw_chunks(f))
+
+
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    import zstandard
+
+    return (EOFError, zlib.error, zstandard.ZstdError)
+
+
+# ------------------------------------------------------------------------------------------------ jsonl
 def read_jsonl(name: str, recipe) -> Iterator[dict | Rejected]:
-    root, files = _expand_files(recipe.location, ("**/*.jsonl", "**/*.jsonl.gz", "**/*.jsonl.zst",
-                                                  "**/*.json.gz", "**/*.json.zst", "**/*.ndjson"))
+    root, files = _expand_files(recipe.location, JSONL_PATTERNS)
+    errors = _stream_errors()
     for path in files:
         rel = _rel(path, root).as_posix()
         lineno = 0
         try:
-            for raw in _open_lines(path):
+            for raw in _file_lines(path):
                 lineno += 1
                 prov = f"{rel}:{lineno}"
+                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]  # a UTF-8 byte order mark
                 if not raw.strip():
-                    continue
+                    continue  # a blank line is no record
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError:
@@ -173,59 +301,72 @@ def read_jsonl(name: str, recipe) -> Iterator[dict | Rejected]:
                     continue
                 try:
                     rec = json.loads(line)
-                except json.JSONDecodeError:
+                except ValueError:
                     yield Rejected("invalid_json", prov, _head(line))
                     continue
                 yield _record_to_doc(name, recipe, rec, prov)
-        except (EOFError, zlib.error, gzip.BadGzipFile, _zstd_error()) as e:  # a cut or corrupt stream
-            yield Rejected("truncated_file", f"{rel}:{lineno + 1}", f"{type(e).__name__}: {e}"[:200])
+        except errors as e:  # a cut or corrupt stream: what was read before is kept
+            yield Rejected("truncated_file", f"{rel}:{lineno + 1}", _one_line(e, 200))
         except OSError as e:
-            yield Rejected("unreadable_file", rel, f"{type(e).__name__}: {e}"[:200])
-
-
-def _zstd_error() -> type[Exception]:
-    import zstandard
-
-    return zstandard.ZstdError
+            yield Rejected("unreadable_file", rel, _one_line(e, 200))
 
 
 # ------------------------------------------------------------------------------------------------ tables
 def _batches_to_docs(name: str, recipe, batches: Iterable[pa.RecordBatch], prov_prefix: str) -> Iterator:
     row = 0
+    checked = False
     for batch in batches:
-        cols = batch.schema.names
-        if recipe.text_field not in cols:
-            raise SourceQueryError(f"column {recipe.text_field!r} (text_field) not found; columns: {', '.join(cols)}")
+        if not checked:
+            cols = batch.schema.names
+            if recipe.text_field not in cols:
+                raise SourceQueryError(f"{prov_prefix}: text_field {recipe.text_field!r} is not a column "
+                                       f"(columns: {', '.join(cols)})")
+            checked = True
         for rec in batch.to_pylist():
             prov = f"{prov_prefix}:{row}"
             row += 1
             yield _record_to_doc(name, recipe, rec, prov)
 
 
+def _parquet_file(name: str, recipe, opener: Callable[[], Any], prov: str) -> Iterator[dict | Rejected]:
+    """One Parquet file, batch by batch; a file that cannot be opened or decoded is one `unreadable_file`."""
+    try:
+        with contextlib.ExitStack() as stack:
+            handle = opener()
+            if not isinstance(handle, (str, Path)):
+                stack.enter_context(handle)  # an fsspec file: closed after the last batch
+            pf = pq.ParquetFile(handle)
+            yield from _batches_to_docs(name, recipe, pf.iter_batches(batch_size=BATCH), prov)
+    except FileNotFoundError:
+        raise SourceMissing(f"file not found: {prov}") from None
+    except (pa.ArrowException, OSError) as e:
+        yield Rejected("unreadable_file", prov, _one_line(e, 200))
+
+
 def read_parquet(name: str, recipe) -> Iterator[dict | Rejected]:
     loc = recipe.location
     if is_url(loc) and not loc.startswith("file://"):
-        import fsspec
+        from fsspec.core import url_to_fs
 
-        opened = fsspec.open_files(loc, mode="rb", **recipe.storage_options)
-        if not opened:
-            raise SourceMissing(f"no file matches {loc!r}")
-        for of in sorted(opened, key=lambda o: o.path):
-            try:
-                with of as f:
-                    pf = pq.ParquetFile(f)
-                    yield from _batches_to_docs(name, recipe, pf.iter_batches(batch_size=BATCH), of.path)
-            except FileNotFoundError:
-                raise SourceMissing(f"file not found: {of.path}") from None
+        fs, path = url_to_fs(expand_location(loc), **recipe.storage_options)
+        if _has_magic(path):
+            root, files = _glob_root(path).as_posix(), sorted(fs.glob(path))
+            if not files:
+                raise SourceMissing(f"no file matches {loc!r}")
+        elif fs.isdir(path):
+            root = path
+            files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+        elif fs.exists(path):
+            root, files = path.rsplit("/", 1)[0] if "/" in path else "", [path]
+        else:
+            raise SourceMissing(f"not found: {loc}")
+        for p in files:
+            prov = p[len(root):].lstrip("/") if root and p.startswith(root) else p
+            yield from _parquet_file(name, recipe, lambda p=p: fs.open(p, "rb"), prov)
         return
     root, files = _expand_files(loc, ("**/*.parquet",))
     for path in files:
-        try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowInvalid, OSError) as e:
-            yield Rejected("unreadable_file", _rel(path, root).as_posix(), str(e)[:200])
-            continue
-        yield from _batches_to_docs(name, recipe, pf.iter_batches(batch_size=BATCH), _rel(path, root).as_posix())
+        yield from _parquet_file(name, recipe, lambda path=path: path, _rel(path, root).as_posix())
 
 
 def read_duckdb(name: str, recipe) -> Iterator[dict | Rejected]:
@@ -235,40 +376,80 @@ def read_duckdb(name: str, recipe) -> Iterator[dict | Rejected]:
     try:
         try:
             rel = con.sql(recipe.query)  # a lazy relation: rows stream out in record batches
+            if rel is None:
+                raise SourceQueryError("query returns no rows (the last statement must be a SELECT)")
             reader = (rel.to_arrow_reader(BATCH) if hasattr(rel, "to_arrow_reader")
-                      else rel.fetch_arrow_reader(BATCH))  # duckdb < 2
+                      else rel.fetch_arrow_reader(BATCH))  # duckdb < 1.4
+            yield from _batches_to_docs(name, recipe, reader, "query")
         except duckdb.Error as e:
-            raise SourceQueryError(f"query failed: {str(e).splitlines()[0]}") from None
-        yield from _batches_to_docs(name, recipe, reader, "query")
+            raise SourceQueryError(f"query failed: {str(e).strip().splitlines()[0]}") from None
     finally:
         con.close()
 
 
+@contextlib.contextmanager
+def _hf_offline() -> Iterator[None]:
+    """Force Hugging Face offline mode (environment and the already-imported config flags), then restore."""
+    import datasets.config
+    import huggingface_hub.constants as hub
+
+    env = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
+    flags = [(datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE"), (hub, "HF_HUB_OFFLINE")]
+    saved = [(mod, attr, getattr(mod, attr)) for mod, attr in flags if hasattr(mod, attr)]
+    os.environ.update({k: "1" for k in env})
+    for mod, attr, _ in saved:
+        setattr(mod, attr, True)
+    try:
+        yield
+    finally:
+        for mod, attr, value in saved:
+            setattr(mod, attr, value)
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _looks_local(loc: str) -> bool:
+    return loc.startswith(("/", "./", "../", "~"))
+
+
 def read_hf(name: str, recipe) -> Iterator[dict | Rejected]:
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import datasets
 
     loc = expand_location(recipe.location)
     if Path(loc).is_dir():
-        ds = datasets.load_from_disk(loc)
+        try:
+            ds = datasets.load_from_disk(loc)
+        except FileNotFoundError as e:
+            raise SourceQueryError(f"{loc} is not a datasets save_to_disk folder ({_one_line(e, 150)})") from None
         if isinstance(ds, datasets.DatasetDict):
             if recipe.split not in ds:
-                raise SourceMissing(f"split {recipe.split!r} not in {loc} (has: {', '.join(ds)})")
+                raise SourceQueryError(f"split {recipe.split!r} not in {loc} (has: {', '.join(ds)})")
             ds = ds[recipe.split]
         prov = Path(loc).name
+    elif os.path.exists(loc):
+        raise SourceQueryError(f"{loc} is not a folder (expected a datasets save_to_disk folder or a dataset name)")
+    elif _looks_local(loc):
+        raise SourceMissing(f"directory not found: {loc}")
     else:
-        try:
-            ds = datasets.load_dataset(loc, recipe.config_name, split=recipe.split)
-        except Exception as e:  # datasets raises several types for "not cached offline"
-            cache = os.environ.get("HF_DATASETS_CACHE") or os.path.expanduser("~/.cache/huggingface/datasets")
-            raise SourceMissing(
-                f"hf dataset {loc!r} is not in the local Hugging Face cache ({cache}): {type(e).__name__}; "
-                "download it once with network access, or save_to_disk and point location at that folder"
-            ) from None
+        with _hf_offline():
+            try:
+                ds = datasets.load_dataset(loc, recipe.config_name, split=recipe.split)
+            except OSError as e:  # ConnectionError, FileNotFoundError, DatasetNotFoundError
+                cache = datasets.config.HF_DATASETS_CACHE
+                raise SourceMissing(
+                    f"hf dataset {loc!r} is not in the local Hugging Face cache ({cache}); download it once with "
+                    f"network access, or save_to_disk and point location at that folder [{_one_line(e, 120)}]"
+                ) from None
+            except ValueError as e:  # an unknown split or config of a cached dataset
+                raise SourceQueryError(f"hf dataset {loc!r}: {_one_line(e)}") from None
+        if isinstance(ds, (datasets.IterableDataset, datasets.DatasetDict)):
+            raise SourceQueryError(f"hf dataset {loc!r}: expected one split, got {type(ds).__name__}")
         prov = loc
-    yield from _batches_to_docs(name, recipe, (pa.RecordBatch.from_pydict(b) for b in ds.iter(batch_size=BATCH)),
-                                prov)
+    tables = ds.with_format("arrow").iter(batch_size=BATCH)  # memory-mapped Arrow, one batch at a time
+    yield from _batches_to_docs(name, recipe, (b for t in tables for b in t.to_batches()), prov)
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -280,15 +461,23 @@ LANGUAGES = {
 }
 
 
+def language_of(path: str | Path) -> str:
+    """The language tag of a source file from its extension (the bare extension when unknown)."""
+    suffix = Path(path).suffix.lower()
+    return LANGUAGES.get(suffix, suffix.lstrip(".") or "text")
+
+
 def _read_text_file(path: Path, rel: str, encoding: str) -> str | Rejected:
     try:
         raw = path.read_bytes()
     except OSError as e:
-        return Rejected("unreadable_file", rel, str(e)[:200])
+        return Rejected("unreadable_file", rel, _one_line(e, 200))
     try:
         return raw.decode(encoding)
     except UnicodeDecodeError:
         return Rejected("invalid_utf8", rel, _head(raw))
+    except LookupError:
+        raise SourceQueryError(f"unknown encoding {encoding!r}") from None
 
 
 def read_text_dir(name: str, recipe) -> Iterator[dict | Rejected]:
@@ -312,7 +501,11 @@ def read_code_tree(name: str, recipe) -> Iterator[dict | Rejected]:
     root, files = _expand_files(recipe.location, recipe.include, recipe.exclude)
     for path in files:
         rel = _rel(path, root).as_posix()
-        size = path.stat().st_size
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            yield Rejected("unreadable_file", rel, _one_line(e, 200))
+            continue
         if size > recipe.max_file_bytes:
             yield Rejected("too_large", rel, f"{size} bytes > max_file_bytes {recipe.max_file_bytes}")
             continue
@@ -323,8 +516,8 @@ def read_code_tree(name: str, recipe) -> Iterator[dict | Rejected]:
         if not text.strip():
             yield Rejected("empty_text", rel, "")
             continue
-        lang = LANGUAGES.get(path.suffix.lower(), path.suffix.lower().lstrip(".") or "text")
-        yield document(make_doc_id(name, rel), text, name, recipe.domain, rel, {"language": lang, "path": rel})
+        yield document(make_doc_id(name, rel), text, name, recipe.domain, rel,
+                       {"language": language_of(path), "path": rel})
 
 
 def read_builtin(name: str, recipe) -> Iterator[dict | Rejected]:
@@ -334,14 +527,17 @@ def read_builtin(name: str, recipe) -> Iterator[dict | Rejected]:
         yield document(make_doc_id(name, key), text, name, recipe.domain, key, meta)
 
 
-READERS = {
+READERS: dict[str, Callable[[str, Any], Iterator[dict | Rejected]]] = {
     "jsonl": read_jsonl, "parquet": read_parquet, "text_dir": read_text_dir, "code_tree": read_code_tree,
     "hf_dataset": read_hf, "duckdb_sql": read_duckdb, "builtin": read_builtin,
 }
 
 
 def read_source(name: str, recipe) -> Iterator[dict | Rejected]:
-    """Every record of the source, as a normalized document dict or a `Rejected`."""
+    """Every record of the source, as a normalized document dict or a `Rejected`, in a stable order.
+
+    Lazy: a missing location raises SourceMissing on the first `next()`.
+    """
     return READERS[recipe.kind](name, recipe)
 
 
@@ -351,13 +547,17 @@ class IngestResult:
     shards: list[ShardInfo] = field(default_factory=list)
     documents: int = 0
     bytes: int = 0
-    rejects: dict[str, int] = field(default_factory=dict)
-    reject_examples: dict[str, str] = field(default_factory=dict)
-    missing: str | None = None
+    rejects: dict[str, int] = field(default_factory=dict)  # reason -> count
+    reject_examples: dict[str, str] = field(default_factory=dict)  # reason -> "provenance: example"
+    missing: str | None = None  # the optional source's location is missing: no documents
 
 
 def ingest_source(name: str, recipe, out_dir: Path, limit: int | None = None) -> IngestResult:
-    """Stream the source into `out_dir/shard-*.parquet` (and `rejects.parquet` when there are rejects)."""
+    """Stream the source into `out_dir/shard-*.parquet` (and `rejects.parquet` when there are rejects).
+
+    An optional source whose location is missing gives an empty result with `missing` set; a required one raises
+    SourceMissing.
+    """
     limit = recipe.limit_documents if limit is None else limit
     out_dir = Path(out_dir)
     writer = ShardWriter(out_dir, prefix="shard", max_documents=recipe.shard_documents)
@@ -365,24 +565,26 @@ def ingest_source(name: str, recipe, out_dir: Path, limit: int | None = None) ->
     examples: dict[str, str] = {}
     samples: list[dict] = []
     try:
-        for item in read_source(name, recipe):
-            if isinstance(item, Rejected):
-                rejects[item.reason] += 1
-                examples.setdefault(item.reason, f"{item.provenance}: {item.example}")
-                if len(samples) < MAX_REJECT_SAMPLES:
-                    samples.append({"reason": item.reason, "provenance": item.provenance, "example": item.example})
-                continue
-            writer.write(item)
-            if limit is not None and writer.documents >= limit:
-                break
+        with contextlib.closing(read_source(name, recipe)) as items:
+            for item in items:
+                if isinstance(item, Rejected):
+                    rejects[item.reason] += 1
+                    examples.setdefault(item.reason, f"{item.provenance}: {item.example}")
+                    if len(samples) < MAX_REJECT_SAMPLES:
+                        samples.append({"reason": item.reason, "provenance": item.provenance,
+                                        "example": item.example})
+                    continue
+                writer.write(item)
+                if limit is not None and writer.documents >= limit:
+                    break
     except SourceMissing as e:
+        for s in writer.shards:  # anything flushed before a later file went missing
+            s.path.unlink(missing_ok=True)
         if not recipe.optional:
             raise
         return IngestResult(missing=str(e))
     shards = writer.close()
     if samples:
-        pq.write_table(pa.Table.from_pylist(samples, schema=pa.schema(
-            [("reason", pa.string()), ("provenance", pa.string()), ("example", pa.string())])),
-            out_dir / "rejects.parquet")
+        pq.write_table(pa.Table.from_pylist(samples, schema=REJECTS_SCHEMA), out_dir / "rejects.parquet")
     return IngestResult(shards, sum(s.documents for s in shards), sum(s.bytes for s in shards), dict(rejects),
                         examples)

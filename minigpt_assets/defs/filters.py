@@ -19,7 +19,7 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
     if parts.classifiers is not None:
         deps.append(dg.AssetDep(CLASSIFIER_ASSET, partition_mapping=classifier_to_source(cat)))
 
-    @data_asset(ASSET, parts.sources, deps, "parquet")
+    @data_asset(ASSET, parts.sources, deps, "parquet", version=2)  # v2: reworked rules and order
     def filtered_documents(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """Apply length, Gopher, C4, code, language-ID and fastText-quality rules; count drops per rule."""
         name = context.partition_key

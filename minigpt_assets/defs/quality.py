@@ -19,7 +19,7 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
 
     @data_asset(ASSET, parts.classifiers, [recipe_assets["classifier_recipe"],
                                            dg.AssetDep(SOURCE_ASSET, partition_mapping=source_to_classifier(cat))],
-                "fasttext")
+                "fasttext", version=2)  # v2: 2**18 n-gram buckets, batched predict
     def quality_classifier(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """Train the classifier named by the partition on raw documents of its positive and negative sources."""
         name = context.partition_key

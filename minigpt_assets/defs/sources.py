@@ -13,7 +13,7 @@ ASSET = "source_documents"
 
 
 def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
-    @data_asset(ASSET, parts.sources, [recipe_assets["source_recipe"]], "parquet", version=2)  # v2: web copy_of
+    @data_asset(ASSET, parts.sources, [recipe_assets["source_recipe"]], "parquet", version=3)  # v3: seo spam, zstd frames
     def source_documents(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """Read one source (jsonl, parquet, text dir, code tree, HF dataset, DuckDB query, builtin) into shards."""
         name = context.partition_key
