@@ -1,0 +1,338 @@
+"""Building blocks shared by every family: RMSNorm, rotary embeddings, attention backends, SwiGLU, MoE.
+
+State-dict names follow the transformers convention (`self_attn.q_proj`, `mlp.gate_proj`, `input_layernorm`, ...)
+so that dense checkpoints convert to and from Hugging Face folders by name, without reshaping.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minigpt_assets.models.config import ModelConfig, RopeScaling
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in float32 and cast back (as Llama/Qwen/MiniMind do)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+
+# ------------------------------------------------------------------------------------------------ rotary
+def rope_inv_freq(dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
+    """Inverse frequencies of rotary embeddings, with Llama-3 scaling of the long wavelengths."""
+    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    if scaling is None:
+        return inv
+    old = scaling.original_max_position_embeddings
+    low_wavelen = old / scaling.low_freq_factor
+    high_wavelen = old / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > low_wavelen, inv / scaling.factor, inv)
+    smooth = (old / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+class Rotary(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("inv_freq", rope_inv_freq(cfg.dim_head, cfg.rope_theta, cfg.rope_scaling),
+                             persistent=False)
+
+    def reset_parameters(self) -> None:
+        self.inv_freq = rope_inv_freq(self.cfg.dim_head, self.cfg.rope_theta, self.cfg.rope_scaling).to(
+            self.inv_freq.device)
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape [B, T, head_dim] for integer positions [B, T]."""
+        freqs = position_ids[..., None].float() * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, H, T, D]; cos/sin: [B, T, D]. The rotate-half convention of Llama/Qwen/MiniMind."""
+    cos, sin = cos[:, None], sin[:, None]
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+# ------------------------------------------------------------------------------------------------ KV cache
+class KVCache:
+    """Pre-allocated keys/values for every layer; `length` tokens are filled."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype):
+        shape = (batch, cfg.kv_heads, max_len, cfg.dim_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        self.length = 0
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = k.shape[2]
+        end = self.length + t
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} tokens; {end} requested")
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+# ------------------------------------------------------------------------------------------------ attention
+def doc_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal causal mask [B, 1, T, T] (True = attend) from per-token document indices [B, T]."""
+    t = doc_ids.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=doc_ids.device).tril()
+    return (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
+
+
+def cu_seqlens_from_docs(doc_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Cumulative sequence lengths over the flattened batch, for variable-length kernels."""
+    b, t = doc_ids.shape
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    idx = torch.nonzero(starts.flatten()).flatten()
+    cu = torch.cat([idx, idx.new_tensor([b * t])]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max())
+
+
+@lru_cache(maxsize=1)
+def _flex():
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    return torch.compile(flex_attention), create_block_mask
+
+
+def flash_attn_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def attention(q, k, v, backend: str, doc_ids: torch.Tensor | None, offset: int) -> torch.Tensor:
+    """Causal attention of q [B, H, Tq, D] over k, v [B, KV, Tk, D]; returns [B, H, Tq, D].
+
+    `offset` is the number of cached positions before q (Tk = offset + Tq). `doc_ids` [B, Tq] restricts
+    attention to the same packed document (only without a cache).
+    """
+    h, kv, tq, tk = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
+    if doc_ids is not None and offset:
+        raise ValueError("document masking is for training windows, not for cached decoding")
+    if backend == "flash" and flash_attn_available() and q.is_cuda:
+        from flash_attn import flash_attn_func, flash_attn_varlen_func
+
+        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # [B, T, H, D]
+        if doc_ids is None:
+            # flash-attn aligns the causal mask bottom-right, which is what a cache offset needs
+            return flash_attn_func(qt, kt, vt, causal=True).transpose(1, 2)
+        cu, mx = cu_seqlens_from_docs(doc_ids)
+        b = q.shape[0]
+        out = flash_attn_varlen_func(qt.reshape(b * tq, h, -1), kt.reshape(b * tk, kv, -1),
+                                     vt.reshape(b * tk, kv, -1), cu, cu, mx, mx, causal=True)
+        return out.view(b, tq, h, -1).transpose(1, 2)
+    if backend == "flex" and q.is_cuda and doc_ids is not None:
+        flex, create_block_mask = _flex()
+        docs = doc_ids
+
+        def mask_mod(b, _h, qi, ki):
+            return (qi >= ki) & (docs[b, qi] == docs[b, ki])
+
+        block = create_block_mask(mask_mod, docs.shape[0], None, tq, tk, device=q.device)
+        return flex(q, k, v, block_mask=block, enable_gqa=h != kv)
+    if backend == "eager":
+        if h != kv:
+            k = k.repeat_interleave(h // kv, dim=1)
+            v = v.repeat_interleave(h // kv, dim=1)
+        scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        mask = _mask(doc_ids, tq, tk, offset, q.device)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return (scores.softmax(-1) @ v.float()).to(q.dtype)
+    mask = _mask(doc_ids, tq, tk, offset, q.device)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=tq > 1, enable_gqa=h != kv)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=h != kv)
+
+
+def _mask(doc_ids, tq: int, tk: int, offset: int, device) -> torch.Tensor | None:
+    if doc_ids is not None:
+        return doc_mask(doc_ids)
+    if tq == 1:
+        return None
+    if offset == 0:
+        return torch.ones(tq, tk, dtype=torch.bool, device=device).tril()
+    return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(diagonal=offset)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        d, hd = cfg.hidden_size, cfg.dim_head
+        self.q_proj = nn.Linear(d, cfg.num_heads * hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(d, cfg.kv_heads * hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(d, cfg.kv_heads * hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(hd, cfg.norm_eps)
+            self.k_norm = RMSNorm(hd, cfg.norm_eps)
+
+    def forward(self, x, cos, sin, doc_ids=None, cache: KVCache | None = None) -> torch.Tensor:
+        b, t, _ = x.shape
+        hd = self.cfg.dim_head
+        q = self.q_proj(x).view(b, t, -1, hd)
+        k = self.k_proj(x).view(b, t, -1, hd)
+        v = self.v_proj(x).view(b, t, -1, hd)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        offset = 0
+        if cache is not None:
+            offset = cache.length
+            k, v = cache.update(self.layer, k, v)
+        out = attention(q, k, v, self.cfg.attention, doc_ids, offset)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+# ------------------------------------------------------------------------------------------------ feed-forward
+class SwiGLU(nn.Module):
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(d, hidden, bias=False)
+        self.up_proj = nn.Linear(d, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def _grouped_mm_ok(x: torch.Tensor) -> bool:
+    return x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
+
+
+class Experts(nn.Module):
+    """`n` SwiGLU experts as stacked weights, applied to tokens sorted by expert in one batched call.
+
+    On CUDA in bfloat16 this is `torch._grouped_mm` over the sorted tokens; elsewhere the tokens are scattered
+    into an [n, capacity, d] buffer (capacity = the busiest expert's count, so nothing is dropped) and
+    multiplied with `torch.bmm`. Either way there is no Python loop over experts.
+    """
+
+    def __init__(self, n: int, d: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Parameter(torch.empty(n, hidden, d))
+        self.up_proj = nn.Parameter(torch.empty(n, hidden, d))
+        self.down_proj = nn.Parameter(torch.empty(n, d, hidden))
+
+    def forward(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        if _grouped_mm_ok(x_sorted):
+            offs = torch.cumsum(counts, 0).to(torch.int32)
+            g = torch._grouped_mm(x_sorted, self.gate_proj.transpose(1, 2), offs=offs)
+            u = torch._grouped_mm(x_sorted, self.up_proj.transpose(1, 2), offs=offs)
+            return torch._grouped_mm(F.silu(g) * u, self.down_proj.transpose(1, 2), offs=offs)
+        n = self.gate_proj.shape[0]
+        expert = torch.repeat_interleave(torch.arange(n, device=x_sorted.device), counts,
+                                         output_size=x_sorted.shape[0])
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(x_sorted.shape[0], device=x_sorted.device) - starts[expert]
+        cap = int(counts.max()) if x_sorted.shape[0] else 0
+        buf = x_sorted.new_zeros(n, cap, x_sorted.shape[1])
+        buf[expert, slot] = x_sorted
+        h = F.silu(torch.bmm(buf, self.gate_proj.transpose(1, 2))) * torch.bmm(buf, self.up_proj.transpose(1, 2))
+        out = torch.bmm(h, self.down_proj.transpose(1, 2))
+        return out[expert, slot]
+
+
+class Router(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        m = cfg.moe
+        self.weight = nn.Parameter(torch.empty(m.n_routed, cfg.hidden_size))
+        # DeepSeek-V3 load balancing: added to the scores for top-k selection only, never to the weights
+        self.register_buffer("expert_bias", torch.zeros(m.n_routed, dtype=torch.float32))
+        # tokens routed to each expert since the last balancing update (not saved)
+        self.register_buffer("tokens_per_expert", torch.zeros(m.n_routed, dtype=torch.float32), persistent=False)
+
+
+class MoE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        m = cfg.moe
+        self.cfg, self.m = cfg, m
+        self.gate = Router(cfg)
+        self.experts = Experts(m.n_routed, cfg.hidden_size, cfg.expert_size)
+        if m.n_shared:
+            self.shared_experts = SwiGLU(cfg.hidden_size, cfg.expert_size * m.n_shared)
+        self.aux_loss: torch.Tensor | None = None
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(top-k expert ids [N, k], their weights [N, k], all scores [N, E]) for tokens x [N, d]."""
+        logits = F.linear(x.float(), self.gate.weight.float())
+        scores = logits.softmax(-1) if self.m.router == "softmax" else logits.sigmoid()
+        choice = scores + self.gate.expert_bias if self.m.router == "sigmoid" else scores
+        idx = choice.topk(self.m.top_k, dim=-1).indices
+        w = scores.gather(1, idx)
+        if self.m.norm_topk_prob:
+            w = w / (w.sum(-1, keepdim=True) + 1e-20)
+        return idx, w * self.m.routed_scaling_factor, scores
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        idx, w, scores = self.route(x)
+        n_exp, k = self.m.n_routed, self.m.top_k
+        flat = idx.flatten()
+        counts = torch.bincount(flat, minlength=n_exp)
+        order = torch.argsort(flat, stable=True)
+        token = order // k
+        out_sorted = self.experts(x[token], counts)
+        y = torch.zeros_like(x, dtype=out_sorted.dtype)
+        y.index_add_(0, token, out_sorted * w.flatten()[order, None].to(out_sorted.dtype))
+        y = y.to(x.dtype)
+        if self.m.n_shared:
+            y = y + self.shared_experts(x)
+        if self.training:
+            with torch.no_grad():
+                self.gate.tokens_per_expert += counts.float()
+            if self.m.aux_loss_coef > 0:
+                frac = counts.float() / max(flat.numel(), 1)
+                probs = scores / scores.sum(-1, keepdim=True)
+                self.aux_loss = self.m.aux_loss_coef * n_exp * (frac * probs.mean(0)).sum()
+        return y.view(shape)
+
+
+# ------------------------------------------------------------------------------------------------ block
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.self_attn = Attention(cfg, layer)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.mlp = MoE(cfg) if cfg.is_moe_layer(layer) else SwiGLU(cfg.hidden_size, cfg.ffn_size)
+
+    def forward(self, x, cos, sin, doc_ids=None, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, doc_ids, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
