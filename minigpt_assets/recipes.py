@@ -18,7 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-RECIPE_KINDS = ("sources", "filters", "classifiers", "dedup", "tokenizers", "mixtures")
+MODEL_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # model names keep their version dots: llama-3.2-1b
+RECIPE_KINDS = ("sources", "filters", "classifiers", "dedup", "tokenizers", "mixtures", "models")
 
 
 class Model(BaseModel):
@@ -401,6 +402,7 @@ class Catalog:
         self.dedup: dict[str, DedupRecipe] = {}
         self.tokenizers: dict[str, TokenizerRecipe] = {}
         self.mixtures: dict[str, MixtureRecipe] = {}
+        self.models: dict[str, Any] = {}  # name -> models.config.ModelConfig
         self.problems: list[RecipeProblem] = []
 
     # -- loading
@@ -431,8 +433,9 @@ class Catalog:
     def _load_file(self, kind: str, path: Path) -> None:
         rel = self._rel(path)
         name = path.stem
-        if not SLUG.match(name):
-            self.problems.append(RecipeProblem(file=rel, field="", message="file name must be a slug of [a-z0-9_-]"))
+        if not (MODEL_SLUG if kind == "models" else SLUG).match(name):
+            allowed = "[a-z0-9._-]" if kind == "models" else "[a-z0-9_-]"
+            self.problems.append(RecipeProblem(file=rel, field="", message=f"file name must be a slug of {allowed}"))
             return
         data, problems = _read_yaml(path, rel)
         if problems:
@@ -441,6 +444,17 @@ class Catalog:
         try:
             if kind == "sources":
                 recipe = _SourceFile.model_validate({"source": data}).source
+            elif kind == "models":
+                from minigpt_assets.models.registry import make_config
+
+                try:
+                    recipe = make_config(data)
+                except ValueError as e:
+                    if isinstance(e, ValidationError):
+                        raise
+                    field = "family" if "family" in str(e) else ""
+                    self.problems.append(RecipeProblem(file=rel, field=field, message=str(e)))
+                    return
             else:
                 recipe = _MODELS[kind].model_validate(data)
         except ValidationError as e:
@@ -521,6 +535,9 @@ class Catalog:
 
     def dedup_hash(self, group: str) -> str:
         return canonical_hash(self.dedup[group])
+
+    def model_hash(self, name: str) -> str:
+        return canonical_hash(self.models[name].model_dump(mode="json", exclude={"description"}))
 
     def mixture_hash(self, name: str) -> str:
         return canonical_hash(self.mixtures[name])
