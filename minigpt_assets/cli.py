@@ -172,7 +172,76 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from minigpt_assets.data.bench import run_data_bench
 
         return run_data_bench(_settings(args), docs=args.docs)
-    return _fail(f"bench: unknown benchmark {args.what!r} (expected: data)")
+    if args.what == "model":
+        from minigpt_assets.models.bench import run_model_bench
+
+        settings = _settings(args)
+        cat = Catalog.load_or_raise(settings.recipes, check_files=False)
+        models = args.models.split(",") if args.models else None
+        unknown = [m for m in models or [] if m not in cat.models]
+        if unknown:
+            return _fail(f"bench model: --models: unknown model recipe(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(cat.models))})")
+        return run_model_bench(settings.recipes, models, args.device, args.dtype, args.batch, args.seq,
+                               args.steps, args.impls.split(",") if args.impls else None, args.compile,
+                               Path(args.json) if args.json else None)
+    return _fail(f"bench: unknown benchmark {args.what!r} (expected: data, model)")
+
+
+# ------------------------------------------------------------------------------------------------ models
+def _model_errors():
+    from minigpt_assets.models.interop import CheckpointError
+
+    return (CheckpointError, FileNotFoundError, ValueError, KeyError)
+
+
+def cmd_export_hf(args: argparse.Namespace) -> int:
+    from minigpt_assets.models.interop import export_hf
+
+    try:
+        out = export_hf(args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer)
+    except _model_errors() as e:
+        return _fail(f"export-hf: {e}")
+    print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    return 0
+
+
+def cmd_import_hf(args: argparse.Namespace) -> int:
+    from minigpt_assets.models.interop import import_hf
+
+    try:
+        out = import_hf(args.folder, args.out)
+    except _model_errors() as e:
+        return _fail(f"import-hf: {e}")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+    from tokenizers import Tokenizer
+
+    from minigpt_assets.models.interop import from_pretrained
+    from minigpt_assets.models.transformer import generate
+
+    ckpt = Path(args.checkpoint)
+    tok_dir = Path(args.tokenizer) if args.tokenizer else (ckpt if ckpt.is_dir() else ckpt.parent)
+    if not (tok_dir / "tokenizer.json").is_file():
+        return _fail(f"generate: {tok_dir}: no tokenizer.json (pass --tokenizer DIR)")
+    try:
+        model = from_pretrained(ckpt)
+    except _model_errors() as e:
+        return _fail(f"generate: {e}")
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    ids = tok.encode(args.prompt).ids
+    if not ids:
+        return _fail("generate: the prompt encodes to no tokens")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device)
+    out = generate(model, torch.tensor([ids], device=device), args.max_new_tokens, args.temperature,
+                   args.top_k, args.top_p, model.config.eos_token_id, args.seed)
+    print(args.prompt + tok.decode(out[0, len(ids):].tolist()))
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -209,9 +278,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.set_defaults(func=cmd_analyze_mixture)
     s = sub.add_parser("bench", parents=[common], help="benchmarks that print tables")
-    s.add_argument("what", choices=["data"])
-    s.add_argument("--docs", type=int, default=6000, help="documents per benchmark input")
+    s.add_argument("what", choices=["data", "model"])
+    s.add_argument("--docs", type=int, default=6000, help="data: documents per benchmark input")
+    s.add_argument("--models", help="model: comma-separated model recipes (default: small ones on CPU)")
+    s.add_argument("--impls", help="model: comma-separated of hf,ours,ours+docmask,ours+ckpt")
+    s.add_argument("--device", help="model: cpu or cuda (default: cuda when available)")
+    s.add_argument("--dtype", help="model: float32 or bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
+    s.add_argument("--batch", type=int, help="model: sequences per step")
+    s.add_argument("--seq", type=int, help="model: tokens per sequence")
+    s.add_argument("--steps", type=int, default=5, help="model: timed steps")
+    s.add_argument("--compile", action="store_true", help="model: torch.compile every variant")
+    s.add_argument("--json", help="model: also write the rows to this JSON file")
     s.set_defaults(func=cmd_bench)
+    s = sub.add_parser("export-hf", parents=[common], help="our checkpoint -> a transformers folder")
+    s.add_argument("checkpoint")
+    s.add_argument("out")
+    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weight dtype (default: as saved)")
+    s.add_argument("--tokenizer", help="tokenizer folder to include (default: the checkpoint's own)")
+    s.set_defaults(func=cmd_export_hf)
+    s = sub.add_parser("import-hf", parents=[common], help="a transformers folder -> our checkpoint")
+    s.add_argument("folder")
+    s.add_argument("out")
+    s.set_defaults(func=cmd_import_hf)
+    s = sub.add_parser("generate", parents=[common], help="continue a prompt with a checkpoint (KV cache)")
+    s.add_argument("checkpoint", help="our checkpoint folder, an HF folder, or a MiniMind .pth")
+    s.add_argument("prompt")
+    s.add_argument("--max-new-tokens", type=int, default=64)
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    s.add_argument("--top-k", type=int)
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--device")
+    s.add_argument("--tokenizer", help="folder with tokenizer.json (default: the checkpoint's)")
+    s.set_defaults(func=cmd_generate)
     s = sub.add_parser("ui", parents=[common], help="dagster dev on 127.0.0.1 with this project's instance")
     s.add_argument("--port", type=int, default=3000)
     s.set_defaults(func=cmd_ui)

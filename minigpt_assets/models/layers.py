@@ -62,6 +62,14 @@ class Rotary(nn.Module):
         self.inv_freq = rope_inv_freq(self.cfg.dim_head, self.cfg.rope_theta, self.cfg.rope_scaling).to(
             self.inv_freq.device)
 
+    def _apply(self, fn, recurse=True):
+        """`model.to(bfloat16)` must not round the frequencies: at position 2000 a bf16 inv_freq is off by
+        radians. Recompute them in float32 on the new device after any conversion."""
+        super()._apply(fn, recurse)
+        if self.inv_freq.dtype != torch.float32 and self.inv_freq.device.type != "meta":
+            self.reset_parameters()
+        return self
+
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape [B, T, head_dim] for integer positions [B, T]."""
         freqs = position_ids[..., None].float() * self.inv_freq.float()
@@ -123,6 +131,24 @@ def _flex():
     return torch.compile(flex_attention), create_block_mask
 
 
+_BLOCK_MASK: list = [None, None]  # (key, mask) of the last doc_ids: every layer of a forward shares one mask
+
+
+def _block_mask(doc_ids: torch.Tensor):
+    key = (doc_ids.data_ptr(), doc_ids._version, tuple(doc_ids.shape), doc_ids.device)
+    if _BLOCK_MASK[0] != key:
+        _, create_block_mask = _flex()
+        docs = doc_ids
+
+        def mask_mod(b, _h, qi, ki):
+            return (qi >= ki) & (docs[b, qi] == docs[b, ki])
+
+        t = doc_ids.shape[1]
+        _BLOCK_MASK[0], _BLOCK_MASK[1] = key, create_block_mask(mask_mod, doc_ids.shape[0], None, t, t,
+                                                                device=doc_ids.device)
+    return _BLOCK_MASK[1]
+
+
 def flash_attn_available() -> bool:
     try:
         import flash_attn  # noqa: F401
@@ -135,7 +161,8 @@ def attention(q, k, v, backend: str, doc_ids: torch.Tensor | None, offset: int) 
     """Causal attention of q [B, H, Tq, D] over k, v [B, KV, Tk, D]; returns [B, H, Tq, D].
 
     `offset` is the number of cached positions before q (Tk = offset + Tq). `doc_ids` [B, Tq] restricts
-    attention to the same packed document (only without a cache).
+    attention to the same packed document (only without a cache): on CUDA through flex attention (`sdpa`,
+    `flex`) or flash-attn's variable-length kernel (`flash`), elsewhere through a block-diagonal SDPA mask.
     """
     h, kv, tq, tk = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
     if doc_ids is not None and offset:
@@ -152,15 +179,10 @@ def attention(q, k, v, backend: str, doc_ids: torch.Tensor | None, offset: int) 
         out = flash_attn_varlen_func(qt.reshape(b * tq, h, -1), kt.reshape(b * tk, kv, -1),
                                      vt.reshape(b * tk, kv, -1), cu, cu, mx, mx, causal=True)
         return out.view(b, tq, h, -1).transpose(1, 2)
-    if backend == "flex" and q.is_cuda and doc_ids is not None:
-        flex, create_block_mask = _flex()
-        docs = doc_ids
-
-        def mask_mod(b, _h, qi, ki):
-            return (qi >= ki) & (docs[b, qi] == docs[b, ki])
-
-        block = create_block_mask(mask_mod, docs.shape[0], None, tq, tk, device=q.device)
-        return flex(q, k, v, block_mask=block, enable_gqa=h != kv)
+    if backend in ("sdpa", "flex") and q.is_cuda and doc_ids is not None:
+        # packed documents on the GPU: flex attention with a block mask skips whole blocks across documents
+        flex, _ = _flex()
+        return flex(q, k, v, block_mask=_block_mask(doc_ids), enable_gqa=h != kv)
     if backend == "eager":
         if h != kv:
             k = k.repeat_interleave(h // kv, dim=1)
@@ -170,19 +192,20 @@ def attention(q, k, v, backend: str, doc_ids: torch.Tensor | None, offset: int) 
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         return (scores.softmax(-1) @ v.float()).to(q.dtype)
-    mask = _mask(doc_ids, tq, tk, offset, q.device)
-    if mask is None:
+    if doc_ids is None and (offset == 0 or tq == 1):
+        # plain causal (or one new token that sees the whole cache): no mask tensor, so the fused kernels can
+        # skip the masked-out blocks; an explicit causal mask would make them compute all of them
         return F.scaled_dot_product_attention(q, k, v, is_causal=tq > 1, enable_gqa=h != kv)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=h != kv)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=_mask(doc_ids, tq, tk, offset, q.device),
+                                          enable_gqa=h != kv)
 
 
 def _mask(doc_ids, tq: int, tk: int, offset: int, device) -> torch.Tensor | None:
+    """Boolean mask (True = attend) for the cases `is_causal` does not cover; None when nothing is masked."""
     if doc_ids is not None:
         return doc_mask(doc_ids)
     if tq == 1:
         return None
-    if offset == 0:
-        return torch.ones(tq, tk, dtype=torch.bool, device=device).tril()
     return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(diagonal=offset)
 
 
@@ -229,16 +252,40 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+@lru_cache(maxsize=None)
+def _grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether this torch build runs `torch._grouped_mm` (forward and backward, with an empty group) on this
+    device and dtype, checked once against plain matmuls: CUDA needs bfloat16 on sm90+, CPU support is newer."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(10, 16, generator=g).to(device_type, dtype).requires_grad_()
+        w = torch.randn(3, 8, 16, generator=g).to(device_type, dtype).requires_grad_()
+        offs = torch.tensor([3, 3, 10], dtype=torch.int32, device=device_type)
+        y = torch._grouped_mm(x, w.transpose(1, 2), offs=offs)
+        y.square().sum().backward()
+        x2, w2 = x.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+        ref = torch.cat([x2[:3] @ w2[0].T, x2[3:] @ w2[2].T])
+        ref.square().sum().backward()
+        tol = 1e-4 if dtype == torch.float32 else 5e-2
+        return all(torch.allclose(a.float(), b, atol=tol * max(1.0, float(b.abs().max())), rtol=tol)
+                   for a, b in ((y.detach(), ref.detach()), (x.grad, x2.grad), (w.grad, w2.grad)))
+    except Exception:  # noqa: BLE001 - any failure means: use the bmm path
+        return False
+
+
 def _grouped_mm_ok(x: torch.Tensor) -> bool:
-    return x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
+    return _grouped_mm_works(x.device.type, x.dtype)
 
 
 class Experts(nn.Module):
     """`n` SwiGLU experts as stacked weights, applied to tokens sorted by expert in one batched call.
 
-    On CUDA in bfloat16 this is `torch._grouped_mm` over the sorted tokens; elsewhere the tokens are scattered
-    into an [n, capacity, d] buffer (capacity = the busiest expert's count, so nothing is dropped) and
-    multiplied with `torch.bmm`. Either way there is no Python loop over experts.
+    Where this torch build supports it (CUDA bfloat16 on Hopper; CPU in recent releases) this is
+    `torch._grouped_mm` over the sorted tokens; elsewhere the tokens are scattered into an [n, capacity, d]
+    buffer (capacity = the busiest expert's count, so nothing is dropped) and multiplied with `torch.bmm`.
+    Either way there is no Python loop over experts.
     """
 
     def __init__(self, n: int, d: int, hidden: int):

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from minigpt_assets.models.config import ModelConfig
-from minigpt_assets.models.layers import Block, Experts, KVCache, MoE, RMSNorm, Rotary, SwiGLU
+from minigpt_assets.models.layers import Block, Experts, KVCache, MoE, RMSNorm, Rotary, SwiGLU, _grouped_mm_works
 
 
 class Decoder(nn.Module):
@@ -79,10 +79,14 @@ class Transformer(nn.Module):
         b, t = input_ids.shape
         if position_ids is None:
             start = cache.length if cache is not None else 0
-            position_ids = torch.arange(start, start + t, device=input_ids.device).expand(b, t)
+            position_ids = torch.arange(start, start + t, device=input_ids.device)[None]  # broadcast over batch
         x = m.embed_tokens(input_ids)
         cos, sin = m.rotary(position_ids, x.dtype)
         ckpt = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
+        if self.config.moe is not None:
+            # probe grouped-GEMM support once, here: a probe inside a checkpointed layer would save tensors
+            # in the first forward but not in the recomputation
+            _grouped_mm_works(x.device.type, x.dtype)
         for layer in m.layers:
             if ckpt:
                 x = checkpoint(layer, x, cos, sin, doc_ids, None, use_reentrant=False)

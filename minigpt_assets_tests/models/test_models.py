@@ -103,18 +103,24 @@ def test_backends_agree():
         torch.testing.assert_close(a(ids), b(ids), atol=2e-5, rtol=1e-4)
 
 
-def test_activation_checkpointing_same_gradients():
-    base = build_model(make_config({**TINY, "family": "qwen2"}))
-    ck = build_model(make_config({**TINY, "family": "qwen2", "activation_checkpointing": True}))
+@pytest.mark.parametrize("family", ["qwen2", "moe"])
+def test_activation_checkpointing_same_gradients(family):
+    from minigpt_assets.models.layers import _grouped_mm_works
+
+    _grouped_mm_works.cache_clear()  # the first call of the process must work under checkpointing too
+    extra = {"moe": {"n_routed": 4, "top_k": 2}} if family == "moe" else {}
+    base = build_model(make_config({**TINY, "family": family, **extra}))
+    ck = build_model(make_config({**TINY, "family": family, "activation_checkpointing": True, **extra}))
     ck.load_state_dict(base.state_dict())
     ids = torch.randint(0, 53, (2, 9))
     grads = []
-    for m in (base, ck):
+    for m in (ck, base):
         m.train()
         m(ids).logsumexp(-1).mean().backward()
         grads.append({k: p.grad.clone() for k, p in m.named_parameters()})
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-5)
+    assert len(grads[0]) == len(grads[1]) > 0
 
 
 def test_kv_cache_decoding_equals_full_forward():
@@ -219,3 +225,24 @@ def test_bad_model_recipe_is_one_line(tmp_path):
     assert "m.yaml: family: family qwen2 fixes qkv_bias=True" in lines[0]
     assert "n.yaml" in lines[1] and "multiple of num_kv_heads" in lines[1]
     assert "o.yaml: vocab_size" in lines[2]
+
+
+def test_bf16_keeps_float32_rope_frequencies():
+    model = build_model(make_config({**TINY, "family": "llama"})).to(torch.bfloat16)
+    assert model.model.rotary.inv_freq.dtype == torch.float32
+    ref = build_model(make_config({**TINY, "family": "llama"})).model.rotary.inv_freq
+    assert torch.equal(model.model.rotary.inv_freq, ref)
+
+
+def test_moe_bmm_fallback_matches_grouped_path(monkeypatch):
+    from minigpt_assets.models import layers
+
+    cfg = make_config({**TINY, "family": "moe", "moe": {"n_routed": 5, "top_k": 2, "n_shared": 1}})
+    layer = build_model(cfg).moe_layers()[0].eval()
+    x = torch.randn(3, 7, 32)
+    outs = []
+    for grouped in (True, False):
+        monkeypatch.setattr(layers, "_grouped_mm_ok", lambda t, g=grouped: g)
+        with torch.no_grad():
+            outs.append(layer(x))
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-4)
