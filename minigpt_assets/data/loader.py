@@ -146,3 +146,23 @@ def open_mixture(folder: Path, split: str = "train") -> PackedTokens:
     plan = Plan(Path(folder) / f"plan_{split}.parquet")
     arrays = {s: open_tokens(Path(v["path"]), split, v["dtype"]) for s, v in meta["sources"].items()}
     return PackedTokens(plan, arrays, meta["seq_len"])
+
+
+class ArrayTokens:
+    """Windows over one flat token array in which `eos` ends every document: the same interface as
+    `PackedTokens` (len, window, window_tokens) for tests and quick experiments without a mixture artifact."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, eos: int):
+        self.tokens, self.seq_len, self.eos = np.asarray(tokens), seq_len, eos
+        self.window = seq_len + 1
+        self.num_windows = len(self.tokens) // self.window
+        ends = np.asarray(self.tokens == eos, dtype=np.int64)
+        self._doc = np.concatenate([[0], np.cumsum(ends)[:-1]])  # a document ends after its eos token
+
+    def __len__(self) -> int:
+        return self.num_windows
+
+    def window_tokens(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = i * self.window, (i + 1) * self.window
+        docs = self._doc[lo:hi]
+        return self.tokens[lo:hi].astype(np.int64), docs - docs[0]

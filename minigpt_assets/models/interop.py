@@ -286,19 +286,26 @@ def _publish(tmp: Path, out: Path) -> Path:
     return out
 
 
-def save_model(model, out: str | Path, tokenizer: str | Path | None = None, metadata: dict | None = None) -> Path:
-    """Write our folder format (staged, then renamed into place)."""
+def write_model_files(model, folder: Path, metadata: dict | None = None,
+                      state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """model_config.json + model.safetensors into an existing folder (the caller stages and publishes it)."""
     from safetensors.torch import save_file
 
-    out = Path(out)
-    tmp = _staged(out)
     cfg: ModelConfig = model.config
-    (tmp / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
-    sd = _state_dict(model)
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
+    sd = _state_dict(model) if state_dict is None else dict(state_dict)
+    sd = {k: v for k, v in sd.items() if not k.endswith(("tokens_per_expert", "rotary.inv_freq"))}
     if cfg.tie_embeddings:
         sd.pop("lm_head.weight", None)
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / WEIGHTS_FILE),
+    save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(folder / WEIGHTS_FILE),
               metadata={"format": "pt", **{k: str(v) for k, v in (metadata or {}).items()}})
+
+
+def save_model(model, out: str | Path, tokenizer: str | Path | None = None, metadata: dict | None = None) -> Path:
+    """Write our folder format (staged, then renamed into place)."""
+    out = Path(out)
+    tmp = _staged(out)
+    write_model_files(model, tmp, metadata)
     _copy_tokenizer(Path(tokenizer) if tokenizer else None, tmp)
     return _publish(tmp, out)
 

@@ -1,0 +1,1 @@
+"""Pure-PyTorch training: experiment recipes, the trainer, checkpoints. No Dagster here."""

@@ -1,0 +1,286 @@
+"""The training loop: AdamW, warmup + cosine/WSD, accumulation, clipping, bf16 autocast, non-finite-step
+skipping, exact resume from checkpoints, metrics to a callback and `metrics.jsonl`.
+
+Pure PyTorch; the Dagster layer launches it (a subprocess, torchrun) and records what it reports.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from minigpt_assets.data.loader import PackedLoader
+from minigpt_assets.models.config import ModelConfig
+from minigpt_assets.models.registry import build_model
+from minigpt_assets.training import checkpoint as ckpt
+from minigpt_assets.training.config import OptimConfig, StageConfig
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (diverged, bad data); the message is one line for the user."""
+
+
+def lr_multiplier(step: int, max_steps: int, o: OptimConfig) -> float:
+    """LR factor after `step` optimizer steps: linear warmup, then cosine or WSD down to `min_lr_ratio`."""
+    if o.warmup_steps and step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    lo = o.min_lr_ratio
+    if o.schedule == "cosine":
+        span = max(1, max_steps - o.warmup_steps)
+        t = min(1.0, (step - o.warmup_steps) / span)
+        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * t))
+    decay_start = max(o.warmup_steps, int(max_steps * (1 - o.decay_fraction)))
+    if step < decay_start:
+        return 1.0
+    t = min(1.0, (step - decay_start) / max(1, max_steps - decay_start))
+    return 1.0 - (1 - lo) * t
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No decay on norms, biases and embeddings-as-vectors (every parameter with fewer than 2 dimensions)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    val_loss: float | None
+    bad_steps: int
+    checkpoint: Path | None
+    metrics: list[dict] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+class Trainer:
+    """Trains `model_cfg` for one stage on windows from `train` (PackedTokens or ArrayTokens)."""
+
+    def __init__(self, model_cfg: ModelConfig, stage: StageConfig, train, run_dir: Path, val=None,
+                 device: str | None = None, init_weights: Path | None = None, rank: int = 0, world_size: int = 1,
+                 on_metrics: Callable[[dict], None] | None = None, hook: Callable[[str, int], None] | None = None):
+        self.stage, self.run_dir = stage, Path(run_dir)
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.on_metrics, self.hook = on_metrics, hook
+        if stage.activation_checkpointing is not None:
+            model_cfg = model_cfg.model_copy(update={"activation_checkpointing": stage.activation_checkpointing})
+        self.model_cfg = model_cfg
+        if stage.batch_size % world_size:
+            raise TrainingError(f"batch_size {stage.batch_size} is not divisible by {world_size} ranks")
+        self.local_batch = stage.batch_size // world_size
+        self.micro = min(stage.micro_batch_size or self.local_batch, self.local_batch)
+        if self.local_batch % self.micro:
+            raise TrainingError(f"per-rank batch {self.local_batch} is not a multiple of micro_batch_size {self.micro}")
+        self.dtype = self._dtype()
+        torch.manual_seed(stage.seed)
+        self.model = build_model(model_cfg).to(self.device)
+        if init_weights is not None:
+            from minigpt_assets.models.interop import from_pretrained
+
+            self.model.load_state_dict(from_pretrained(init_weights).state_dict())
+        self.train_model = torch.compile(self.model) if stage.compile else self.model
+        o = stage.optim
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas,
+                                           eps=o.eps, fused=fused)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_multiplier(s, stage.max_steps, o))
+        self.loader = PackedLoader(train, stage.batch_size, seed=stage.seed, rank=rank, world_size=world_size)
+        self.val = val
+        self.step = 0
+        self.tokens = 0
+        self.bad_steps = 0
+        self.bad_in_a_row = 0
+        self.ckpt_root = self.run_dir / "checkpoints"
+
+    def _dtype(self) -> torch.dtype:
+        if self.stage.dtype == "bfloat16" or (self.stage.dtype == "auto" and self.device.type == "cuda"):
+            return torch.bfloat16
+        return torch.float32
+
+    # -- state
+    def _trainer_state(self) -> dict:
+        return {"loader": self.loader.state_dict(), "tokens": self.tokens, "bad_steps": self.bad_steps,
+                "bad_in_a_row": self.bad_in_a_row, "stage": self.stage.stage_name}
+
+    def save(self) -> Path:
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        hook = (lambda point: self.hook(f"checkpoint:{point}", self.step)) if self.hook else None
+        return ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, self.model.state_dict(), state,
+                                    self._trainer_state(), self.stage.keep_last, hook)
+
+    def resume(self) -> int:
+        """Continue from the newest complete checkpoint, if any; returns its step (0 when starting fresh)."""
+        ckpt.clean_partial(self.ckpt_root)
+        last = ckpt.latest_checkpoint(self.ckpt_root)
+        if last is None:
+            return 0
+        model_state, optim_state, trainer, rng = ckpt.load_checkpoint(last)
+        missing, unexpected = self.model.load_state_dict(model_state, strict=False)
+        missing = [k for k in missing if not k.endswith(("tokens_per_expert", "inv_freq"))
+                   and not (self.model_cfg.tie_embeddings and k == "lm_head.weight")]
+        if missing or unexpected:
+            raise TrainingError(f"{last}: checkpoint does not fit the model (missing {missing[:3]}, "
+                                f"unexpected {unexpected[:3]})")
+        self.optimizer.load_state_dict(optim_state["optimizer"])
+        self.scheduler.load_state_dict(optim_state["scheduler"])
+        self.loader.load_state_dict(trainer["loader"])
+        self.step, self.tokens = trainer["step"], trainer["tokens"]
+        self.bad_steps, self.bad_in_a_row = trainer["bad_steps"], trainer["bad_in_a_row"]
+        ckpt.set_rng_state(rng)
+        self._truncate_metrics(self.step)
+        return self.step
+
+    # -- metrics
+    @property
+    def metrics_file(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop rows logged after the checkpoint we resume from: they will be produced again."""
+        if not self.metrics_file.is_file():
+            return
+        rows = [r for r in self.metrics_file.read_text().splitlines() if r and json.loads(r)["step"] <= step]
+        self.metrics_file.write_text("".join(r + "\n" for r in rows))
+
+    def _emit(self, row: dict) -> None:
+        if self.rank == 0:
+            with open(self.metrics_file, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if self.on_metrics:
+            self.on_metrics(row)
+
+    # -- steps
+    def _to(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
+
+    def _loss(self, batch: dict, lo: int, hi: int) -> torch.Tensor:
+        ids = self._to(batch["input_ids"][lo:hi])
+        labels = self._to(batch["labels"][lo:hi])
+        kw = {}
+        if self.stage.document_masking:
+            kw = {"doc_ids": self._to(batch["doc_ids"][lo:hi]), "position_ids": self._to(batch["position_ids"][lo:hi])}
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            logits = self.train_model(ids, **kw)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+        aux = self.model.aux_loss()
+        return loss + aux if aux is not None else loss
+
+    def train_step(self, batch: dict) -> dict:
+        self.model.train()
+        n_micro = self.local_batch // self.micro
+        total = torch.zeros((), device=self.device)
+        for m in range(n_micro):
+            loss = self._loss(batch, m * self.micro, (m + 1) * self.micro) / n_micro
+            loss.backward()
+            total += loss.detach()
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(total)
+            total /= self.world_size
+        loss_value = float(total)
+        clip = self.stage.optim.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else float("inf"))
+        finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        if finite:
+            self.optimizer.step()
+            self.bad_in_a_row = 0
+            if self.model_cfg.moe is not None:
+                self.model.update_router_bias()
+        else:
+            self.bad_steps += 1
+            self.bad_in_a_row += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return {"loss": loss_value, "grad_norm": float(grad_norm), "lr": lr, "finite": finite}
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean loss over the first `eval_batches` batches of the validation windows (a fixed set)."""
+        if self.val is None or len(self.val) == 0:
+            return None
+        self.model.eval()
+        n = min(len(self.val), self.stage.eval_batches * self.micro)
+        losses = []
+        for lo in range(0, n, self.micro):
+            idx = range(lo, min(n, lo + self.micro))
+            toks, docs = zip(*(self.val.window_tokens(i) for i in idx))
+            t, d = np.stack(toks), np.stack(docs)
+            from minigpt_assets.data.loader import _positions
+
+            batch = {"input_ids": t[:, :-1], "labels": t[:, 1:], "doc_ids": d[:, :-1],
+                     "position_ids": np.stack([_positions(x) for x in d[:, :-1]])}
+            losses.append(float(self._loss(batch, 0, len(idx))))
+        return float(np.mean(losses))
+
+    def fit(self, max_steps: int | None = None, resume: bool = True) -> TrainResult:
+        """Run until `stage.max_steps` (or `max_steps`, to stop early), checkpointing every
+        `checkpoint_every` steps and at the end."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        start = self.resume() if resume else 0
+        stop = min(self.stage.max_steps, max_steps or self.stage.max_steps)
+        it = iter(self.loader)
+        rows: list[dict] = []
+        last_loss, val_loss = float("nan"), None
+        t_last = time.perf_counter()
+        window_tokens = self.stage.batch_size * (self.loader.data.window - 1)
+        while self.step < stop:
+            batch = next(it)
+            out = self.train_step(batch)
+            self.step += 1
+            self.tokens += window_tokens
+            if not out["finite"] and self.bad_in_a_row >= self.stage.max_bad_steps:
+                last = ckpt.latest_checkpoint(self.ckpt_root)
+                raise TrainingError(f"{self.bad_in_a_row} non-finite losses in a row at step {self.step}; "
+                                    f"stopping (last good checkpoint: {last or 'none'})")
+            now = time.perf_counter()
+            row = {"stage": self.stage.stage_name, "step": self.step, "loss": out["loss"], "lr": out["lr"],
+                   "grad_norm": out["grad_norm"], "tokens": self.tokens,
+                   "tokens_per_s": window_tokens / max(now - t_last, 1e-9), "skipped": not out["finite"]}
+            t_last = now
+            if out["finite"]:
+                last_loss = out["loss"]
+            if self.stage.eval_every and self.step % self.stage.eval_every == 0:
+                val_loss = row["val_loss"] = self.evaluate()
+            if self.step % self.stage.log_every == 0 or self.step == stop:
+                self._emit(row)
+            rows.append(row)
+            if self.hook:
+                self.hook("step", self.step)
+            if self.step % self.stage.checkpoint_every == 0 or self.step == stop:
+                if self.step == self.stage.max_steps and self.val is not None and "val_loss" not in row:
+                    val_loss = self.evaluate()
+                    self._emit({"stage": self.stage.stage_name, "step": self.step, "val_loss": val_loss})
+                self.save()
+                t_last = time.perf_counter()  # checkpoint time is not training throughput
+        return TrainResult(self.step, last_loss, val_loss, self.bad_steps, ckpt.latest_checkpoint(self.ckpt_root),
+                           rows, start)
+
+
+def kill_hook_from_env() -> Callable[[str, int], None] | None:
+    """Tests: MINIGPT_KILL_AT="step:7" or "checkpoint:before_rename:8" SIGKILLs this process at that point."""
+    spec = os.environ.get("MINIGPT_KILL_AT")
+    if not spec:
+        return None
+    point, _, at = spec.rpartition(":")
+
+    def hook(where: str, step: int) -> None:
+        if where == point and step == int(at):
+            os.kill(os.getpid(), 9)
+
+    return hook
