@@ -67,7 +67,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ run graph
 def _run_graph(args: argparse.Namespace, select: set[str] | None, partitions: set[str] | None,
-               force: bool = False) -> int:
+               force: bool = False, exclude: set[str] | None = None) -> int:
     settings = _settings(args)
     try:
         Catalog.load_or_raise(settings.recipes)
@@ -77,7 +77,7 @@ def _run_graph(args: argparse.Namespace, select: set[str] | None, partitions: se
 
     t0 = time.time()
     print(f"materializing into {settings.home} (recipes: {settings.recipes}, workers: {settings.workers})")
-    outcomes = materialize_graph(settings, select, partitions, force=force)
+    outcomes = materialize_graph(settings, select, partitions, force=force, exclude=exclude)
     failed = [o for o in outcomes if not o.ok]
     fresh = [o for o in outcomes if o.fresh]
     summary = f"{len(outcomes) - len(failed) - len(fresh)} materialized, {len(fresh)} fresh"
@@ -91,9 +91,19 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     return _run_graph(args, select, parts, force=args.force)
 
 
+DEMO_EXPERIMENT, DEMO_MIXTURE = "minimind-demo", "balanced"
+TRAINING_ASSETS = {"pretrained_model"}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The data graph for every recipe, then the demo experiment's pretraining on the default mixture."""
     settings = _settings(args)
-    code = _run_graph(args, None, None)
+    code = _run_graph(args, None, None, exclude=TRAINING_ASSETS)
+    cat = Catalog.load_or_raise(settings.recipes)
+    train = (not args.no_train and code == 0 and DEMO_EXPERIMENT in cat.experiments and DEMO_MIXTURE in cat.mixtures)
+    if train:
+        print(f"\npretraining {DEMO_EXPERIMENT} on {DEMO_MIXTURE} (CPU: a few minutes; progress in the Dagster logs)")
+        code = _run_graph(args, TRAINING_ASSETS, {f"{DEMO_EXPERIMENT}|{DEMO_MIXTURE}"})
     if code == 0:
         from minigpt_assets.store import StatsDB
 
@@ -104,6 +114,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "FROM source_stats GROUP BY source ORDER BY source")
         print()
         print(format_table(cols, rows))
+        if train:
+            cols, rows = StatsDB(settings.home).query(
+                "SELECT experiment, mixture, max(step) AS steps, arg_min(loss, step) AS first_loss, "
+                "arg_max(loss, step) AS final_loss, arg_min(val_loss, step) AS first_val_loss, "
+                "arg_max(val_loss, step) AS final_val_loss FROM training_metrics "
+                f"WHERE experiment = '{DEMO_EXPERIMENT}' AND mixture = '{DEMO_MIXTURE}' GROUP BY ALL")
+            print()
+            print(format_table(cols, rows))
         print(f"\nartifacts:   {settings.home / 'artifacts'}")
         print(f"stats:       {settings.home / 'stats.duckdb'}  (try: minigpt sql \"SELECT * FROM filter_stats\")")
         print(f"dagster UI:  minigpt ui   (runs are recorded in {settings.dagster_home})")
@@ -188,6 +206,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return _fail(f"bench: unknown benchmark {args.what!r} (expected: data, model)")
 
 
+# ------------------------------------------------------------------------------------------------ training
+def cmd_train(args: argparse.Namespace) -> int:
+    from minigpt_assets.store import ArtifactError
+    from minigpt_assets.training.pipeline import PipelineError, train_stage
+
+    settings = _settings(args)
+    cat = Catalog.load_or_raise(settings.recipes, check_files=False)
+    try:
+        out = train_stage(settings.home, cat, args.mixture, args.experiment, args.stage, args.max_steps,
+                          args.checkpoint_every, args.resume, args.device)
+    except (PipelineError, ArtifactError) as e:
+        return _fail(f"train: {e}")
+    s = out.summary
+    val = f", validation loss {s['first_val_loss']:.3f} -> {s['final_val_loss']:.3f}" if s["final_val_loss"] else ""
+    print(f"trained {s['steps']}/{s['max_steps']} steps, {s['tokens']:,} tokens: loss {s['first_loss']:.3f} -> "
+          f"{s['final_loss']:.3f}{val}")
+    print(f"checkpoint: {out.artifact.path}  (minigpt export-hf {out.artifact.path} OUT)")
+    print(f"metrics:    minigpt sql \"SELECT step, loss, val_loss FROM training_metrics "
+          f"WHERE experiment='{args.experiment}' AND mixture='{args.mixture}' ORDER BY step\"")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ models
 def _model_errors():
     from minigpt_assets.models.interop import CheckpointError
@@ -263,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", parents=[common], help="check recipes and cross-references")
     s.add_argument("paths", nargs="*", help="recipe files or recipes dirs (default: the recipes dir)")
     s.set_defaults(func=cmd_validate)
-    s = sub.add_parser("demo", parents=[common], help="materialize the whole default graph")
+    s = sub.add_parser("demo", parents=[common],
+                       help="materialize the data graph, then pretrain the demo model on the default mixture")
+    s.add_argument("--no-train", action="store_true", help="stop after the data graph")
     s.set_defaults(func=cmd_demo)
     s = sub.add_parser("materialize", parents=[common],
                        help="materialize what is missing or stale (all assets and partitions by default)")
@@ -290,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compile", action="store_true", help="model: torch.compile every variant")
     s.add_argument("--json", help="model: also write the rows to this JSON file")
     s.set_defaults(func=cmd_bench)
+    s = sub.add_parser("train", parents=[common], help="train one stage of an experiment on a mixture")
+    s.add_argument("--mixture", required=True)
+    s.add_argument("--experiment", required=True)
+    s.add_argument("--stage", help="stage name (default: the first)")
+    s.add_argument("--max-steps", type=int, help="stop after this many steps (the schedule keeps its length)")
+    s.add_argument("--checkpoint-every", type=int, help="override the stage's checkpoint interval")
+    s.add_argument("--resume", action="store_true", help="continue the same run from its last checkpoint")
+    s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    s.set_defaults(func=cmd_train)
     s = sub.add_parser("export-hf", parents=[common], help="our checkpoint -> a transformers folder")
     s.add_argument("checkpoint")
     s.add_argument("out")

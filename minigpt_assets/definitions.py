@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from minigpt_assets.defs import dedup, filters, mixtures, quality, recipe_assets, sources, tokens
+from minigpt_assets.defs import dedup, filters, mixtures, quality, recipe_assets, sources, tokens, training
 from minigpt_assets.defs.automation import automation_sensor
 from minigpt_assets.defs.partitions import Partitions
 from minigpt_assets.defs.resources import ProjectResource
@@ -30,6 +30,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         *dedup.build(cat, parts, recipes),
         *tokens.build(cat, parts, recipes),
         *mixtures.build(cat, parts, recipes),
+        *training.build(cat, parts, recipes),
     ]
     checks = [d for d in stage_defs if isinstance(d, dg.AssetChecksDefinition)]
     assets = [*recipes.values()] + [d for d in stage_defs if not isinstance(d, dg.AssetChecksDefinition)]
@@ -41,7 +42,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         executor=executor,
         asset_checks=checks,
         sensors=[automation_sensor()],
-        resources={"project": ProjectResource.from_settings(settings)},
+        resources={"project": ProjectResource.from_settings(settings), "pipes": dg.PipesSubprocessClient()},
     )
 
 

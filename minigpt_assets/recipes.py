@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 MODEL_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # model names keep their version dots: llama-3.2-1b
-RECIPE_KINDS = ("sources", "filters", "classifiers", "dedup", "tokenizers", "mixtures", "models")
+RECIPE_KINDS = ("sources", "filters", "classifiers", "dedup", "tokenizers", "mixtures", "models", "experiments")
 
 
 class Model(BaseModel):
@@ -403,6 +403,7 @@ class Catalog:
         self.tokenizers: dict[str, TokenizerRecipe] = {}
         self.mixtures: dict[str, MixtureRecipe] = {}
         self.models: dict[str, Any] = {}  # name -> models.config.ModelConfig
+        self.experiments: dict[str, Any] = {}  # name -> training.config.ExperimentRecipe
         self.problems: list[RecipeProblem] = []
 
     # -- loading
@@ -433,8 +434,9 @@ class Catalog:
     def _load_file(self, kind: str, path: Path) -> None:
         rel = self._rel(path)
         name = path.stem
-        if not (MODEL_SLUG if kind == "models" else SLUG).match(name):
-            allowed = "[a-z0-9._-]" if kind == "models" else "[a-z0-9_-]"
+        dotted = kind in ("models", "experiments")
+        if not (MODEL_SLUG if dotted else SLUG).match(name):
+            allowed = "[a-z0-9._-]" if dotted else "[a-z0-9_-]"
             self.problems.append(RecipeProblem(file=rel, field="", message=f"file name must be a slug of {allowed}"))
             return
         data, problems = _read_yaml(path, rel)
@@ -455,6 +457,10 @@ class Catalog:
                     field = "family" if "family" in str(e) else ""
                     self.problems.append(RecipeProblem(file=rel, field=field, message=str(e)))
                     return
+            elif kind == "experiments":
+                from minigpt_assets.training.config import ExperimentRecipe
+
+                recipe = ExperimentRecipe.model_validate(data)
             else:
                 recipe = _MODELS[kind].model_validate(data)
         except ValidationError as e:
@@ -508,6 +514,12 @@ class Catalog:
                 self._problem(rel, "tokenizer", f"unknown tokenizer {mix.tokenizer!r} "
                                                 f"(known: {', '.join(sorted(self.tokenizers)) or 'none'})")
 
+        for name, exp in self.experiments.items():
+            rel = f"{self._rel(self.root / 'experiments' / name)}.yaml"
+            if exp.model not in self.models:
+                self._problem(rel, "model", f"unknown model recipe {exp.model!r} "
+                                            f"(known: {', '.join(sorted(self.models)) or 'none'})")
+
     def _problem(self, file: str, field: str, message: str) -> None:
         p = RecipeProblem(file=file, field=field, message=message)
         if p not in self.problems:
@@ -538,6 +550,12 @@ class Catalog:
 
     def model_hash(self, name: str) -> str:
         return canonical_hash(self.models[name].model_dump(mode="json", exclude={"description"}))
+
+    def experiment_hash(self, name: str) -> str:
+        """The experiment with its model recipe inlined: editing either changes the experiment's version."""
+        exp = self.experiments[name]
+        return canonical_hash({"experiment": exp.model_dump(mode="json", exclude={"description"}),
+                               "model": self.models[exp.model].model_dump(mode="json", exclude={"description"})})
 
     def mixture_hash(self, name: str) -> str:
         return canonical_hash(self.mixtures[name])

@@ -179,6 +179,10 @@ STATS_SCHEMAS: dict[str, pa.Schema] = {
                                 ("actual_share", pa.float64()), ("epochs", pa.float64())]),
     "classifier_stats": pa.schema([("classifier", pa.string()), ("split", pa.string()), ("metric", pa.string()),
                                    ("value", pa.float64())]),
+    "training_metrics": pa.schema([("mixture", pa.string()), ("experiment", pa.string()), ("stage", pa.string()),
+                                   ("step", pa.int64()), ("loss", pa.float64()), ("val_loss", pa.float64()),
+                                   ("lr", pa.float64()), ("grad_norm", pa.float64()), ("tokens", pa.int64()),
+                                   ("tokens_per_s", pa.float64()), ("skipped", pa.bool_())]),
 }
 
 

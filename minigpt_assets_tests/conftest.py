@@ -128,3 +128,30 @@ def tiny_recipes(tmp_path) -> Path:
         shingle_size: 3
         """)
     return root
+
+
+@pytest.fixture
+def tiny_training_recipes(tiny_recipes) -> Path:
+    """tiny_recipes plus a ~50k-parameter model and a 6-step pretraining experiment."""
+    write(tiny_recipes / "models/tiny.yaml", """
+        family: minimind
+        vocab_size: 320
+        hidden_size: 32
+        num_layers: 2
+        num_heads: 4
+        num_kv_heads: 2
+        max_seq_len: 64
+        """)
+    write(tiny_recipes / "experiments/exp.yaml", """
+        model: tiny
+        stages:
+          - kind: pretrain
+            max_steps: 6
+            batch_size: 8
+            micro_batch_size: 4
+            optim: {lr: 0.01, warmup_steps: 1}
+            checkpoint_every: 3
+            eval_every: 3
+            eval_batches: 2
+        """)
+    return tiny_recipes

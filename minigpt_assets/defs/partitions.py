@@ -18,6 +18,8 @@ class Partitions:
     tokenizers: dg.StaticPartitionsDefinition | None = None
     token_shards: dg.StaticPartitionsDefinition | None = None
     mixtures: dg.StaticPartitionsDefinition | None = None
+    experiments: dg.StaticPartitionsDefinition | None = None
+    training: dg.MultiPartitionsDefinition | None = None  # experiment x mixture: keys "experiment|mixture"
 
     @classmethod
     def from_catalog(cls, cat: Catalog) -> "Partitions":
@@ -26,6 +28,11 @@ class Partitions:
 
         used_groups = {s.dedup.group for s in cat.sources.values() if s.dedup.group is not None}
         mixtures = {m for m, r in cat.mixtures.items() if r.tokenizer in cat.tokenizers}
+        experiments = {e for e, r in cat.experiments.items() if r.model in cat.models}
+        training = None
+        if mixtures and experiments:
+            training = dg.MultiPartitionsDefinition({"experiment": dg.StaticPartitionsDefinition(sorted(experiments)),
+                                                     "mixture": dg.StaticPartitionsDefinition(sorted(mixtures))})
         return cls(
             sources=dg.StaticPartitionsDefinition(sorted(cat.sources)),
             classifiers=static(cat.classifiers),
@@ -33,6 +40,8 @@ class Partitions:
             tokenizers=static(cat.tokenizers),
             token_shards=static([token_key(t, s) for t, s in cat.token_shard_keys()]),
             mixtures=static(mixtures),
+            experiments=static(experiments),
+            training=training,
         )
 
 

@@ -23,9 +23,11 @@ OBSERVED: dict[str, tuple[str, Callable[[Catalog, str], str], str]] = {
     "dedup_recipe": ("dedup", Catalog.dedup_hash, "recipes/dedup/<group>.yaml, as a content hash"),
     "tokenizer_recipe": ("tokenizers", Catalog.tokenizer_hash, "recipes/tokenizers/<tokenizer>.yaml, as a content hash"),
     "mixture_recipe": ("mixtures", Catalog.mixture_hash, "recipes/mixtures/<mixture>.yaml, as a content hash"),
+    "experiment_recipe": ("experiments", Catalog.experiment_hash,
+                          "recipes/experiments/<experiment>.yaml with its model recipe inlined, as a content hash"),
 }
 PARTITIONS = {"source_recipe": "sources", "classifier_recipe": "classifiers", "dedup_recipe": "dedup_groups",
-              "tokenizer_recipe": "tokenizers", "mixture_recipe": "mixtures"}
+              "tokenizer_recipe": "tokenizers", "mixture_recipe": "mixtures", "experiment_recipe": "experiments"}
 
 
 def recipe_versions(cat: Catalog, asset: str, keys: list[str]) -> dict[str, str]:

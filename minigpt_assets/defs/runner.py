@@ -58,7 +58,8 @@ def stale_resolver(defs: dg.Definitions, instance: dg.DagsterInstance):
 
 
 def materialize_graph(settings: Settings, select: set[str] | None = None, partitions: set[str] | None = None,
-                      log: Callable[[str], None] = print, force: bool = False) -> list[StepOutcome]:
+                      log: Callable[[str], None] = print, force: bool = False,
+                      exclude: set[str] | None = None) -> list[StepOutcome]:
     """Materialize every selected asset partition that is missing or stale, in dependency order.
 
     Stale means what the Dagster UI means: a recipe (observed data version), an upstream data version or the
@@ -78,7 +79,7 @@ def materialize_graph(settings: Settings, select: set[str] | None = None, partit
     for key in graph.toposorted_asset_keys:
         node = graph.get(key)
         name = key.to_user_string()
-        if not node.is_materializable or (select and name not in select):
+        if not node.is_materializable or (select and name not in select) or (exclude and name in exclude):
             continue
         pkeys = node.partitions_def.get_partition_keys() if node.partitions_def else [None]
         for pk in pkeys:

@@ -24,7 +24,7 @@ def open_data(spec: dict):
     """(train, validation) windows for a data spec."""
     if spec["kind"] == "mixture":
         folder = Path(spec["path"])
-        val = open_mixture(folder, "validation") if (folder / "plan_validation.parquet").is_file() else None
+        val = open_mixture(folder, "val") if (folder / "plan_val.parquet").is_file() else None
         return open_mixture(folder, "train"), val
     if spec["kind"] == "array":
         tokens = np.load(spec["path"], mmap_mode="r")
@@ -35,12 +35,53 @@ def open_data(spec: dict):
     raise ValueError(f"unknown data kind {spec['kind']!r}")
 
 
+def _pipes():
+    """`open_dagster_pipes()` on rank 0 of a process Dagster launched through Pipes; otherwise a null context
+    (the script runs the same by hand or under torchrun, and never imports dagster itself)."""
+    import contextlib
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        try:
+            from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
+        except ImportError:
+            return contextlib.nullcontext()
+        if os.environ.get(DAGSTER_PIPES_CONTEXT_ENV_VAR):
+            return open_dagster_pipes()
+    return contextlib.nullcontext()
+
+
+def _reporter(pipes):
+    """Stream each metrics row to Dagster (a log line and a custom message), or print it when run by hand."""
+
+    def report(row: dict) -> None:
+        if "loss" in row:
+            msg = (f"step {row['step']}: loss {row['loss']:.4f} lr {row['lr']:.2e} grad_norm {row['grad_norm']:.3f} "
+                   f"{row['tokens_per_s']:,.0f} tok/s")
+        else:
+            msg = f"step {row['step']}"
+        if row.get("val_loss") is not None:
+            msg += f" val_loss {row['val_loss']:.4f}"
+        if pipes is None:
+            print(msg, flush=True)
+            return
+        pipes.log.info(msg)
+        pipes.report_custom_message(row)
+
+    return report
+
+
 def run(spec: dict) -> dict:
     train, val = open_data(spec["data"])
-    trainer = Trainer(make_config(spec["model"]), StageConfig.model_validate(spec["stage"]), train,
-                      Path(spec["run_dir"]), val=val, device=spec.get("device"),
-                      init_weights=Path(spec["init_weights"]) if spec.get("init_weights") else None,
-                      hook=kill_hook_from_env())
+    with _pipes() as pipes:
+        trainer = Trainer(make_config(spec["model"]), StageConfig.model_validate(spec["stage"]), train,
+                          Path(spec["run_dir"]), val=val, device=spec.get("device"),
+                          init_weights=Path(spec["init_weights"]) if spec.get("init_weights") else None,
+                          hook=kill_hook_from_env(), on_metrics=_reporter(pipes))
+        return _fit(trainer, spec)
+
+
+def _fit(trainer: Trainer, spec: dict) -> dict:
     res = trainer.fit(max_steps=spec.get("max_steps"), resume=spec.get("resume", True))
     return {"steps": res.steps, "final_loss": res.final_loss, "val_loss": res.val_loss, "bad_steps": res.bad_steps,
             "checkpoint": str(res.checkpoint) if res.checkpoint else None, "resumed_from": res.resumed_from,

@@ -239,6 +239,9 @@ class Trainer:
         last_loss, val_loss = float("nan"), None
         t_last = time.perf_counter()
         window_tokens = self.stage.batch_size * (self.loader.data.window - 1)
+        if start == 0 and self.stage.eval_every and self.val is not None:
+            val_loss = self.evaluate()  # the starting point of the validation curve
+            self._emit({"stage": self.stage.stage_name, "step": 0, "val_loss": val_loss})
         while self.step < stop:
             batch = next(it)
             out = self.train_step(batch)
@@ -263,7 +266,7 @@ class Trainer:
             if self.hook:
                 self.hook("step", self.step)
             if self.step % self.stage.checkpoint_every == 0 or self.step == stop:
-                if self.step == self.stage.max_steps and self.val is not None and "val_loss" not in row:
+                if self.step == stop and self.val is not None and "val_loss" not in row:
                     val_loss = self.evaluate()
                     self._emit({"stage": self.stage.stage_name, "step": self.step, "val_loss": val_loss})
                 self.save()

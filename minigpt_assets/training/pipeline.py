@@ -1,0 +1,190 @@
+"""One training stage of an experiment on a mixture, from recipes to a published checkpoint artifact.
+
+Shared by `minigpt train` and the Dagster assets (which pass a Pipes launcher); no Dagster here. The stage
+trains in a resumable run folder `runs/<experiment>/<mixture>/<stage>-<key>/`, where the key hashes everything
+the result depends on (experiment and model recipes, the mixture artifact, the stage's starting weights), so
+an interrupted run resumes and a changed recipe starts afresh. The finished checkpoint, the tokenizer, the
+loss curve and the metrics are then published as the stage's artifact, and the metrics go to the DuckDB table
+`training_metrics`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from minigpt_assets.recipes import Catalog
+from minigpt_assets.store import Artifact, ArtifactStore, StatsDB
+from minigpt_assets.training.config import StageConfig
+
+STAGE_ASSETS = {"pretrain": "pretrained_model"}
+MIXTURE_ASSET, TOKENIZER_ASSET = "mixture", "tokenizer"
+
+Launcher = Callable[[Path, Path], int]  # (spec.json, log file) -> exit code
+
+
+class PipelineError(RuntimeError):
+    """One line for the user: what is missing or wrong, and where."""
+
+
+@dataclass
+class StageOutcome:
+    artifact: Artifact
+    summary: dict
+    run_dir: Path
+
+
+def stage_partition(experiment: str, mixture: str) -> str:
+    """The store partition of a training artifact (Dagster's multi-partition key is `experiment|mixture`)."""
+    return f"{experiment}+{mixture}"
+
+
+def find_stage(cat: Catalog, experiment: str, stage: str | None) -> tuple[int, StageConfig]:
+    exp = cat.experiments[experiment]
+    if stage is None:
+        return 0, exp.stages[0]
+    for i, s in enumerate(exp.stages):
+        if s.stage_name == stage:
+            return i, s
+    raise PipelineError(f"experiment {experiment!r} has no stage {stage!r} "
+                        f"(stages: {', '.join(s.stage_name for s in exp.stages)})")
+
+
+def subprocess_launcher(spec: Path, log: Path) -> int:
+    """Run the stage in a child process (so a crash or a kill never takes the caller with it), echoing output."""
+    with open(log, "a") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "minigpt_assets.training.run", str(spec)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            fh.write(line)
+            if not line.startswith("RESULT "):
+                print(line, end="", flush=True)
+        return proc.wait()
+
+
+def _tokenizer_vocab(folder: Path) -> int:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size()
+
+
+def loss_curve_png(rows: list[dict], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None and not r.get("skipped")]
+    val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train", lw=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation", lw=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def metrics_rows(run_dir: Path, mixture: str, experiment: str) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    return [{"mixture": mixture, "experiment": experiment, "stage": r.get("stage"), "step": r["step"],
+             "loss": r.get("loss"), "val_loss": r.get("val_loss"), "lr": r.get("lr"), "grad_norm": r.get("grad_norm"),
+             "tokens": r.get("tokens"), "tokens_per_s": r.get("tokens_per_s"), "skipped": r.get("skipped")}
+            for r in rows]
+
+
+def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: str | None = None,
+                max_steps: int | None = None, checkpoint_every: int | None = None, resume: bool = True,
+                device: str | None = None, launch: Launcher = subprocess_launcher) -> StageOutcome:
+    """Train one stage and publish its checkpoint artifact (see the module docstring)."""
+    if experiment not in cat.experiments:
+        raise PipelineError(f"unknown experiment {experiment!r} (known: {', '.join(sorted(cat.experiments))})")
+    if mixture not in cat.mixtures:
+        raise PipelineError(f"unknown mixture {mixture!r} (known: {', '.join(sorted(cat.mixtures))})")
+    exp = cat.experiments[experiment]
+    index, st = find_stage(cat, experiment, stage)
+    if st.kind not in STAGE_ASSETS:
+        raise PipelineError(f"stage kind {st.kind!r} is not supported yet")
+    if index != 0:
+        raise PipelineError("only the first stage of an experiment can run from a mixture for now")
+    if checkpoint_every:
+        st = st.model_copy(update={"checkpoint_every": checkpoint_every})
+    store = ArtifactStore(home)
+    mix_art = store.require(MIXTURE_ASSET, mixture)
+    tok_name = cat.mixtures[mixture].tokenizer
+    tok_art = store.require(TOKENIZER_ASSET, tok_name)
+    model_cfg = cat.models[exp.model]
+    vocab = _tokenizer_vocab(tok_art.path)
+    if vocab > model_cfg.vocab_size:
+        raise PipelineError(f"recipes/models/{exp.model}.yaml: vocab_size: {model_cfg.vocab_size} is smaller than "
+                            f"tokenizer {tok_name!r} ({vocab} tokens)")
+    seq_len = cat.mixtures[mixture].seq_len
+    if seq_len > model_cfg.max_seq_len:
+        raise PipelineError(f"recipes/models/{exp.model}.yaml: max_seq_len: {model_cfg.max_seq_len} is shorter "
+                            f"than mixture {mixture!r} windows ({seq_len})")
+    key = hashlib.sha256(json.dumps({"experiment": cat.experiment_hash(experiment),
+                                     "stage": st.model_dump(mode="json"), "mixture": mix_art.version},
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    run_dir = Path(home) / "runs" / experiment / mixture / f"{st.stage_name}-{key}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:  # start over: nothing of an earlier run of the same key survives
+        import shutil
+
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    spec = {"model": model_cfg.model_dump(mode="json"), "stage": st.model_dump(mode="json"), "run_dir": str(run_dir),
+            "data": {"kind": "mixture", "path": str(mix_art.path)}, "max_steps": max_steps, "device": device,
+            "resume": resume}
+    spec_path = run_dir / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=2) + "\n")
+    code = launch(spec_path, run_dir / "train.log")
+    if code != 0:
+        tail = (run_dir / "train.log").read_text().strip().splitlines()[-1:] if (run_dir / "train.log").is_file() else []
+        raise PipelineError(f"training {experiment}/{mixture}/{st.stage_name} failed (exit {code})"
+                            + (f": {tail[0]}" if tail else "") + f"; log: {run_dir / 'train.log'}")
+    return publish_stage(store, run_dir, mixture, experiment, st, tok_art.path, Path(home))
+
+
+def publish_stage(store: ArtifactStore, run_dir: Path, mixture: str, experiment: str, st: StageConfig,
+                  tokenizer_dir: Path, home: Path) -> StageOutcome:
+    import shutil
+
+    from minigpt_assets.training.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(run_dir / "checkpoints")
+    if last is None:
+        raise PipelineError(f"{run_dir}: the run left no checkpoint")
+    rows = metrics_rows(run_dir, mixture, experiment)
+    StatsDB(home).write("training_metrics", f"{experiment}+{mixture}+{st.stage_name}", rows)
+    losses = [r["loss"] for r in rows if r["loss"] is not None and not r["skipped"]]
+    vals = [r["val_loss"] for r in rows if r["val_loss"] is not None]
+    trainer = json.loads((last / "trainer.json").read_text())
+    summary = {"steps": trainer["step"], "tokens": trainer["tokens"], "bad_steps": trainer["bad_steps"],
+               "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+               "first_val_loss": vals[0] if vals else None, "final_val_loss": vals[-1] if vals else None,
+               "max_steps": st.max_steps, "complete": trainer["step"] >= st.max_steps}
+    with store.stage(STAGE_ASSETS[st.kind], stage_partition(experiment, mixture)) as stg:
+        for name in ("model_config.json", "model.safetensors"):
+            shutil.copy2(last / name, stg.path / name)
+        for f in tokenizer_dir.iterdir():
+            if f.is_file() and f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+                shutil.copy2(f, stg.path / f.name)
+        shutil.copy2(run_dir / "metrics.jsonl", stg.path / "metrics.jsonl")
+        loss_curve_png(rows, stg.path / "loss_curve.png", f"{experiment} on {mixture}: {st.stage_name}")
+        (stg.path / "training.json").write_text(json.dumps({**summary, "run_dir": str(run_dir)}, indent=2) + "\n")
+        art = stg.publish(counts={"steps": summary["steps"], "tokens": summary["tokens"]},
+                          meta={**summary, "run_dir": str(run_dir), "checkpoint": str(last)})
+    return StageOutcome(art, summary, run_dir)

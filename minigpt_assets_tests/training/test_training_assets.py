@@ -1,0 +1,99 @@
+"""Training from recipes: `minigpt train` and the `pretrained_model` asset (Dagster Pipes), stats, freshness."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+import torch
+
+from minigpt_assets.cli import main
+from minigpt_assets.defs.runner import materialize_graph
+from minigpt_assets.definitions import build_definitions
+from minigpt_assets.models import from_pretrained
+from minigpt_assets.settings import Settings
+from minigpt_assets.store import ArtifactStore, StatsDB
+from minigpt_assets_tests.conftest import write
+
+DATA = {"source_documents", "filtered_documents", "quality_classifier", "dedup_index", "deduplicated_documents",
+        "tokenizer", "token_shards", "mixture"}
+
+
+def _settings(tmp_path, recipes) -> Settings:
+    return Settings(home=tmp_path / "home", recipes=recipes, workers=1)
+
+
+def _ran(outcomes):
+    return {(o.asset, o.partition) for o in outcomes if o.ok and not o.fresh}
+
+
+def test_pretrained_model_asset_through_pipes(tiny_training_recipes, tmp_path):
+    s = _settings(tmp_path, tiny_training_recipes)
+    quiet = {"log": lambda _: None}
+    graph = build_definitions(s).resolve_asset_graph()
+    node = graph.get(dg.AssetKey("pretrained_model"))
+    assert node.partitions_def.get_partition_keys() == ["exp|mix"]
+    assert {k.to_user_string() for k in node.parent_keys} >= {"mixture", "experiment_recipe"}
+
+    materialize_graph(s, select=DATA, **quiet)
+    out = materialize_graph(s, select={"pretrained_model"}, **quiet)
+    assert [(o.asset, o.partition, o.ok) for o in out] == [("pretrained_model", "exp|mix", True)], out
+    art = ArtifactStore(s.home).require("pretrained_model", "exp+mix")
+    summary = json.loads((art.path / "training.json").read_text())
+    assert summary["steps"] == 6 and summary["complete"] and summary["final_loss"] < summary["first_loss"]
+    model = from_pretrained(art.path)
+    assert model(torch.tensor([[1, 2, 3]])).shape == (1, 3, 320)
+    assert (art.path / "tokenizer.json").is_file() and (art.path / "loss_curve.png").stat().st_size > 1000
+
+    cols, rows = StatsDB(s.home).query("SELECT step, loss, val_loss FROM training_metrics ORDER BY step")
+    steps = [r[0] for r in rows]
+    assert steps == [0, 1, 2, 3, 4, 5, 6]
+    assert rows[0][2] is not None and rows[-1][2] < rows[0][2]  # validation loss at step 0 and falling
+
+    # nothing changed: fresh; an experiment edit re-trains only the model, not the data
+    assert _ran(materialize_graph(s, **quiet)) == set()
+    exp = tiny_training_recipes / "experiments/exp.yaml"
+    exp.write_text(exp.read_text().replace("max_steps: 6", "max_steps: 4"))
+    assert _ran(materialize_graph(s, **quiet)) == {("pretrained_model", "exp|mix")}
+    again = ArtifactStore(s.home).require("pretrained_model", "exp+mix")
+    assert json.loads((again.path / "training.json").read_text())["steps"] == 4
+
+
+def test_train_command_and_its_errors(tiny_training_recipes, tmp_path, capsys):
+    s = _settings(tmp_path, tiny_training_recipes)
+    args = ["--home", str(s.home), "--recipes", str(tiny_training_recipes), "train", "--mixture", "mix",
+            "--experiment", "exp"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mixture[mix] has not been materialized" in err[0]
+    materialize_graph(s, select=DATA, log=lambda _: None)
+    assert main(args + ["--max-steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "trained 3/6 steps" in out
+    assert main(args + ["--resume"]) == 0  # continues the same run from step 3 to 6
+    assert "trained 6/6 steps" in capsys.readouterr().out
+    run = next((s.home / "runs/exp/mix").iterdir())
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert main(args[:-1] + ["nope"]) == 1
+    assert "unknown experiment 'nope'" in capsys.readouterr().err
+    write(tiny_training_recipes / "models/tiny.yaml",
+          (tiny_training_recipes / "models/tiny.yaml").read_text().replace("vocab_size: 320", "vocab_size: 100"))
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "vocab_size: 100 is smaller than tokenizer 'tiny'" in err[0]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("model: nope\nstages: [{kind: pretrain}]\n", "model: unknown model recipe 'nope'"),
+    ("model: tiny\nstages: []\n", "stages"),
+    ("model: tiny\nstages: [{kind: pretrain, batch_size: 6, micro_batch_size: 4}]\n", "multiple of micro_batch_size"),
+])
+def test_bad_experiment_recipe_is_one_line(tiny_training_recipes, capsys, bad, message):
+    (tiny_training_recipes / "experiments/exp.yaml").write_text(bad)
+    assert main(["--recipes", str(tiny_training_recipes), "validate"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(str(tiny_training_recipes / "experiments/exp.yaml")) or \
+        "experiments/exp.yaml" in err[0]
+    assert message in err[0]
