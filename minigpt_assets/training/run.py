@@ -2,8 +2,9 @@
 
 SPEC is JSON: {"model": {model recipe fields}, "stage": {stage fields}, "run_dir": "...",
 "data": {"kind": "mixture", "path": MIXTURE_ARTIFACT} | {"kind": "array", "path": "x.npy", "seq_len": N, "eos": E},
-"max_steps": optional int, "device": optional str, "init_weights": optional checkpoint folder}.
-The last line printed is `RESULT {json}`.
+"max_steps": optional int, "device": optional str, "init_weights": optional checkpoint folder,
+"strategy": "none" | "ddp" | "fsdp"}. Under `torchrun` (WORLD_SIZE > 1) it joins the process group (gloo on CPU,
+NCCL on GPUs) and each rank trains its share of every global batch. Rank 0 prints `RESULT {json}` last.
 """
 
 from __future__ import annotations
@@ -71,14 +72,41 @@ def _reporter(pipes):
     return report
 
 
+def _distributed(spec: dict) -> tuple[int, int, str | None]:
+    """(rank, world size, device) from torchrun's environment, with the process group joined."""
+    import os
+
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, spec.get("device")
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = spec.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return rank, world, device
+
+
 def run(spec: dict) -> dict:
+    import torch
+
+    rank, world, device = _distributed(spec)
     train, val = open_data(spec["data"])
-    with _pipes() as pipes:
-        trainer = Trainer(make_config(spec["model"]), StageConfig.model_validate(spec["stage"]), train,
-                          Path(spec["run_dir"]), val=val, device=spec.get("device"),
-                          init_weights=Path(spec["init_weights"]) if spec.get("init_weights") else None,
-                          hook=kill_hook_from_env(), on_metrics=_reporter(pipes))
-        return _fit(trainer, spec)
+    try:
+        with _pipes() as pipes:
+            trainer = Trainer(make_config(spec["model"]), StageConfig.model_validate(spec["stage"]), train,
+                              Path(spec["run_dir"]), val=val, device=device,
+                              init_weights=Path(spec["init_weights"]) if spec.get("init_weights") else None,
+                              hook=kill_hook_from_env(), on_metrics=_reporter(pipes) if rank == 0 else None,
+                              rank=rank, world_size=world, strategy=spec.get("strategy", "none"))
+            return _fit(trainer, spec)
+    finally:
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _fit(trainer: Trainer, spec: dict) -> dict:
@@ -90,12 +118,15 @@ def _fit(trainer: Trainer, spec: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
+    import os
+
     try:
         result = run(spec)
     except TrainingError as e:
         print(f"training: {e}", file=sys.stderr)
         return 1
-    print("RESULT " + json.dumps(result), flush=True)
+    if os.environ.get("RANK", "0") == "0":
+        print("RESULT " + json.dumps(result), flush=True)
     return 0
 
 

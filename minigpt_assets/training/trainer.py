@@ -72,7 +72,13 @@ class Trainer:
 
     def __init__(self, model_cfg: ModelConfig, stage: StageConfig, train, run_dir: Path, val=None,
                  device: str | None = None, init_weights: Path | None = None, rank: int = 0, world_size: int = 1,
-                 on_metrics: Callable[[dict], None] | None = None, hook: Callable[[str, int], None] | None = None):
+                 on_metrics: Callable[[dict], None] | None = None, hook: Callable[[str, int], None] | None = None,
+                 strategy: str = "none"):
+        if strategy not in ("none", "ddp", "fsdp"):
+            raise TrainingError(f"unknown parallel strategy {strategy!r} (none, ddp, fsdp)")
+        if strategy != "none" and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise TrainingError(f"strategy {strategy} needs torch.distributed (run under torchrun)")
+        self.strategy = strategy
         self.stage, self.run_dir = stage, Path(run_dir)
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -93,7 +99,7 @@ class Trainer:
             from minigpt_assets.models.interop import from_pretrained
 
             self.model.load_state_dict(from_pretrained(init_weights).state_dict())
-        self.train_model = torch.compile(self.model) if stage.compile else self.model
+        self.train_model = self._parallelize()
         o = stage.optim
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas,
@@ -108,6 +114,35 @@ class Trainer:
         self.bad_in_a_row = 0
         self.ckpt_root = self.run_dir / "checkpoints"
 
+    def _parallelize(self) -> torch.nn.Module:
+        """DDP replicates the module; FSDP2 (`fully_shard`) shards every block and then the root, so the
+        optimizer built afterwards holds only this rank's shard of each parameter."""
+        model = self.model
+        if self.strategy == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in model.model.layers:
+                fully_shard(layer)
+            fully_shard(model)
+        if self.stage.compile:
+            model = torch.compile(model)
+        if self.strategy == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                            else None)
+        return model
+
+    def _grad_sync(self, enabled: bool):
+        """Skip the gradient all-reduce on all but the last micro-batch of an accumulation."""
+        import contextlib
+
+        if self.strategy == "ddp" and not enabled:
+            return self.train_model.no_sync()
+        if self.strategy == "fsdp":
+            self.model.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
+
     def _dtype(self) -> torch.dtype:
         if self.stage.dtype == "bfloat16" or (self.stage.dtype == "auto" and self.device.type == "cuda"):
             return torch.bfloat16
@@ -118,11 +153,25 @@ class Trainer:
         return {"loader": self.loader.state_dict(), "tokens": self.tokens, "bad_steps": self.bad_steps,
                 "bad_in_a_row": self.bad_in_a_row, "stage": self.stage.stage_name}
 
-    def save(self) -> Path:
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-        hook = (lambda point: self.hook(f"checkpoint:{point}", self.step)) if self.hook else None
-        return ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, self.model.state_dict(), state,
-                                    self._trainer_state(), self.stage.keep_last, hook)
+    def _full_state(self) -> tuple[dict, dict]:
+        """Unsharded model and optimizer state keyed by parameter name, the same for every strategy, so a
+        checkpoint written under FSDP resumes on one process and the other way round."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=self.strategy == "fsdp")
+        return get_state_dict(self.model, self.optimizer, options=opts)
+
+    def save(self) -> Path | None:
+        model_state, optim_state = self._full_state()  # every rank takes part in the gather
+        path = None
+        if self.rank == 0:
+            state = {"optimizer": optim_state, "scheduler": self.scheduler.state_dict()}
+            hook = (lambda point: self.hook(f"checkpoint:{point}", self.step)) if self.hook else None
+            path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, model_state, state,
+                                        self._trainer_state(), self.stage.keep_last, hook)
+        if self.world_size > 1:
+            torch.distributed.barrier()
+        return path
 
     def resume(self) -> int:
         """Continue from the newest complete checkpoint, if any; returns its step (0 when starting fresh)."""
@@ -131,13 +180,20 @@ class Trainer:
         if last is None:
             return 0
         model_state, optim_state, trainer, rng = ckpt.load_checkpoint(last)
-        missing, unexpected = self.model.load_state_dict(model_state, strict=False)
-        missing = [k for k in missing if not k.endswith(("tokens_per_expert", "inv_freq"))
-                   and not (self.model_cfg.tie_embeddings and k == "lm_head.weight")]
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        own = set(self.model.state_dict())
+        wanted = {k for k in own if not k.endswith(("tokens_per_expert", "inv_freq"))}
+        if self.model_cfg.tie_embeddings:
+            model_state.setdefault("lm_head.weight", model_state.get("model.embed_tokens.weight"))
+        missing, unexpected = sorted(wanted - set(model_state)), sorted(set(model_state) - own)
         if missing or unexpected:
             raise TrainingError(f"{last}: checkpoint does not fit the model (missing {missing[:3]}, "
                                 f"unexpected {unexpected[:3]})")
-        self.optimizer.load_state_dict(optim_state["optimizer"])
+        model_state = {k: v for k, v in model_state.items() if k in wanted}
+        set_state_dict(self.model, self.optimizer, model_state_dict=model_state,
+                       optim_state_dict=optim_state["optimizer"],
+                       options=StateDictOptions(full_state_dict=True, strict=False))
         self.scheduler.load_state_dict(optim_state["scheduler"])
         self.loader.load_state_dict(trainer["loader"])
         self.step, self.tokens = trainer["step"], trainer["tokens"]
@@ -186,8 +242,9 @@ class Trainer:
         n_micro = self.local_batch // self.micro
         total = torch.zeros((), device=self.device)
         for m in range(n_micro):
-            loss = self._loss(batch, m * self.micro, (m + 1) * self.micro) / n_micro
-            loss.backward()
+            with self._grad_sync(m == n_micro - 1):
+                loss = self._loss(batch, m * self.micro, (m + 1) * self.micro) / n_micro
+                loss.backward()
             total += loss.detach()
         if self.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.all_reduce(total)
@@ -195,6 +252,8 @@ class Trainer:
         loss_value = float(total)
         clip = self.stage.optim.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else float("inf"))
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor over the shards
+            grad_norm = grad_norm.full_tensor()
         finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
         lr = self.scheduler.get_last_lr()[0]
         if finite:
