@@ -14,6 +14,24 @@ DEFAULT_HOME = "./.minigpt"
 DEFAULT_RECIPES = "./recipes"
 
 
+class TrainingProfile(BaseModel):
+    """How a training stage is launched on this kind of machine (an experiment's `compute:` names the profile).
+
+    `process`: one Python process. `torchrun`: `torchrun --nproc-per-node N` on this node, or with `nnodes` > 1
+    one torchrun per node meeting at `rdzv_endpoint` (c10d rendezvous), each started by `command_prefix`
+    (e.g. `[srun, --ntasks-per-node=1]` under Slurm)."""
+
+    model_config = ConfigDict(extra="forbid")
+    launcher: Literal["process", "torchrun"] = "process"
+    nproc_per_node: int = Field(1, gt=0)
+    nnodes: int = Field(1, gt=0)
+    strategy: Literal["none", "ddp", "fsdp"] = "none"
+    rdzv_endpoint: str | None = None
+    rdzv_id: str = "minigpt"
+    device: str | None = None
+    command_prefix: list[str] = Field(default_factory=list)
+
+
 class Profile(BaseModel):
     """A deployment profile from resources/<name>.yaml: how runs execute on this kind of machine."""
 
@@ -21,6 +39,7 @@ class Profile(BaseModel):
     executor: Literal["multiprocess", "in_process"] = "multiprocess"
     max_concurrent: int = Field(2, gt=0)
     workers: int | None = Field(None, gt=0)
+    training: TrainingProfile = TrainingProfile()
 
 
 def load_profile(name: str | None = None) -> Profile:

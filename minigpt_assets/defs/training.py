@@ -2,7 +2,6 @@
 Dagster Pipes (a subprocess that streams its metrics back), published as a checkpoint artifact."""
 
 import base64
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -42,8 +41,8 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
         """Pretrain the experiment's model on the mixture (resuming the same run if one was interrupted)."""
         experiment, mixture = split_training_key(context.partition_key)
 
-        def launch(spec: Path, _log: Path) -> int:
-            pipes.run(context=context, command=[sys.executable, "-m", "minigpt_assets.training.run", str(spec)])
+        def launch(command: list[str], _log: Path) -> int:
+            pipes.run(context=context, command=command)  # torchrun passes the Pipes env on; rank 0 reports
             return 0  # a non-zero exit raises DagsterPipesExecutionError with the output
 
         out = train_stage(Path(project.home), project.catalog(), mixture, experiment, launch=launch)

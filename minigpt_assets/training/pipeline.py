@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,13 +20,14 @@ from pathlib import Path
 from typing import Callable
 
 from minigpt_assets.recipes import Catalog
+from minigpt_assets.settings import TrainingProfile, load_profile
 from minigpt_assets.store import Artifact, ArtifactStore, StatsDB
 from minigpt_assets.training.config import StageConfig
 
 STAGE_ASSETS = {"pretrain": "pretrained_model"}
 MIXTURE_ASSET, TOKENIZER_ASSET = "mixture", "tokenizer"
 
-Launcher = Callable[[Path, Path], int]  # (spec.json, log file) -> exit code
+Launcher = Callable[[list[str], Path], int]  # (command, log file) -> exit code
 
 
 class PipelineError(RuntimeError):
@@ -55,11 +57,28 @@ def find_stage(cat: Catalog, experiment: str, stage: str | None) -> tuple[int, S
                         f"(stages: {', '.join(s.stage_name for s in exp.stages)})")
 
 
-def subprocess_launcher(spec: Path, log: Path) -> int:
+def launch_command(profile: TrainingProfile, spec: Path, node_rank: int | None = None) -> list[str]:
+    """The command that trains `spec` under a compute profile: one process, torchrun on this node, or the
+    per-node torchrun of a multi-node job (`node_rank` pins the node; by default the rendezvous assigns it)."""
+    entry = ["-m", "minigpt_assets.training.run", str(spec)]
+    if profile.launcher == "process":
+        return [sys.executable, *entry]
+    run = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={profile.nproc_per_node}"]
+    if profile.nnodes == 1:
+        return [*profile.command_prefix, *run, "--standalone", *entry]
+    if not profile.rdzv_endpoint:
+        raise PipelineError("a multi-node compute profile needs training.rdzv_endpoint (host:port)")
+    run += [f"--nnodes={profile.nnodes}", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={os.path.expandvars(profile.rdzv_endpoint)}", f"--rdzv-id={profile.rdzv_id}"]
+    if node_rank is not None:
+        run.append(f"--node-rank={node_rank}")
+    return [*profile.command_prefix, *run, *entry]
+
+
+def subprocess_launcher(command: list[str], log: Path) -> int:
     """Run the stage in a child process (so a crash or a kill never takes the caller with it), echoing output."""
     with open(log, "a") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "minigpt_assets.training.run", str(spec)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         assert proc.stdout is not None
         for line in proc.stdout:
             fh.write(line)
@@ -108,7 +127,8 @@ def metrics_rows(run_dir: Path, mixture: str, experiment: str) -> list[dict]:
 
 def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: str | None = None,
                 max_steps: int | None = None, checkpoint_every: int | None = None, resume: bool = True,
-                device: str | None = None, launch: Launcher = subprocess_launcher) -> StageOutcome:
+                device: str | None = None, launch: Launcher = subprocess_launcher,
+                profile: TrainingProfile | None = None) -> StageOutcome:
     """Train one stage and publish its checkpoint artifact (see the module docstring)."""
     if experiment not in cat.experiments:
         raise PipelineError(f"unknown experiment {experiment!r} (known: {', '.join(sorted(cat.experiments))})")
@@ -145,12 +165,13 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
 
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    profile = profile or load_profile(exp.compute).training
     spec = {"model": model_cfg.model_dump(mode="json"), "stage": st.model_dump(mode="json"), "run_dir": str(run_dir),
-            "data": {"kind": "mixture", "path": str(mix_art.path)}, "max_steps": max_steps, "device": device,
-            "resume": resume}
+            "data": {"kind": "mixture", "path": str(mix_art.path)}, "max_steps": max_steps,
+            "device": device or profile.device, "resume": resume, "strategy": profile.strategy}
     spec_path = run_dir / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=2) + "\n")
-    code = launch(spec_path, run_dir / "train.log")
+    code = launch(launch_command(profile, spec_path), run_dir / "train.log")
     if code != 0:
         tail = (run_dir / "train.log").read_text().strip().splitlines()[-1:] if (run_dir / "train.log").is_file() else []
         raise PipelineError(f"training {experiment}/{mixture}/{st.stage_name} failed (exit {code})"

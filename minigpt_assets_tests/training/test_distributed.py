@@ -63,3 +63,53 @@ def test_fsdp_checkpoint_resumes_on_one_process(tmp_path, single):
     rest = _run(spec)
     assert rest["resumed_from"] == 4
     np.testing.assert_allclose(first["losses"] + rest["losses"], single["losses"], rtol=2e-4)
+
+
+def test_two_node_launch_command_on_one_machine(tmp_path, single):
+    """The cluster profile's per-node torchrun lines, run as two 'nodes' meeting at a local rendezvous."""
+    import socket
+
+    from minigpt_assets.settings import TrainingProfile
+    from minigpt_assets.training.pipeline import launch_command
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    profile = TrainingProfile(launcher="torchrun", nnodes=2, nproc_per_node=1, strategy="fsdp",
+                              rdzv_endpoint=f"127.0.0.1:{port}", rdzv_id="twonodes")
+    spec = _spec(tmp_path, "nodes", "fsdp")
+    cmds = [launch_command(profile, spec, node_rank=r) for r in (0, 1)]
+    assert "--nnodes=2" in cmds[0] and f"--rdzv-endpoint=127.0.0.1:{port}" in cmds[0]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for c in cmds]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    lines = [x for o in outs for x in o[0].splitlines() if x.startswith("RESULT ")]
+    assert len(lines) == 1  # only global rank 0 reports
+    res = json.loads(lines[0][len("RESULT "):])
+    np.testing.assert_allclose(res["losses"], single["losses"], rtol=2e-4)
+
+
+def test_launch_commands_per_profile(tmp_path):
+    from minigpt_assets.settings import TrainingProfile, load_profile
+    from minigpt_assets.training.pipeline import PipelineError, launch_command
+    from minigpt_assets_tests.conftest import REPO
+
+    spec = tmp_path / "spec.json"
+    assert launch_command(TrainingProfile(), spec)[1:] == ["-m", "minigpt_assets.training.run", str(spec)]
+    os.environ.setdefault("MASTER_ADDR", "node0")
+    for name in ("local", "gpu", "cluster"):
+        os.environ["MINIGPT_RESOURCES"] = str(REPO / "resources")
+        try:
+            prof = load_profile(name).training
+        finally:
+            del os.environ["MINIGPT_RESOURCES"]
+        cmd = launch_command(prof, spec)
+        assert cmd[-1] == str(spec)
+        if name == "gpu":
+            assert "--standalone" in cmd and "--nproc-per-node=8" in cmd
+        if name == "cluster":
+            assert cmd[:3] == ["srun", "--nodes=4", "--ntasks-per-node=1"] and "--nnodes=4" in cmd
+            assert any(c.startswith("--rdzv-endpoint=") and not c.endswith("${MASTER_ADDR}:29500") for c in cmd)
+    with pytest.raises(PipelineError, match="rdzv_endpoint"):
+        launch_command(TrainingProfile(launcher="torchrun", nnodes=2), spec)

@@ -97,3 +97,22 @@ def test_bad_experiment_recipe_is_one_line(tiny_training_recipes, capsys, bad, m
     assert len(err) == 1 and err[0].startswith(str(tiny_training_recipes / "experiments/exp.yaml")) or \
         "experiments/exp.yaml" in err[0]
     assert message in err[0]
+
+
+def test_asset_trains_under_torchrun_with_two_ranks(tiny_training_recipes, tmp_path, monkeypatch):
+    """compute: a profile with torchrun x 2 (DDP on gloo): Pipes reaches rank 0 through torchrun."""
+    res = tmp_path / "resources"
+    write(res / "two.yaml", """
+        training: {launcher: torchrun, nproc_per_node: 2, strategy: ddp, device: cpu}
+        """)
+    monkeypatch.setenv("MINIGPT_RESOURCES", str(res))
+    exp = tiny_training_recipes / "experiments/exp.yaml"
+    exp.write_text("compute: two\n" + exp.read_text())
+    s = _settings(tmp_path, tiny_training_recipes)
+    materialize_graph(s, select=DATA, log=lambda _: None)
+    out = materialize_graph(s, select={"pretrained_model"}, log=lambda _: None)
+    assert [o.ok for o in out] == [True], out
+    art = ArtifactStore(s.home).require("pretrained_model", "exp+mix")
+    assert json.loads((art.path / "training.json").read_text())["steps"] == 6
+    run_dir = json.loads((art.path / "training.json").read_text())["run_dir"]
+    assert json.loads(open(f"{run_dir}/spec.json").read())["strategy"] == "ddp"
