@@ -79,7 +79,8 @@ def _distributed(spec: dict) -> tuple[int, int, str | None]:
     import torch
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    launched = "LOCAL_RANK" in os.environ  # under torchrun, even with one process
+    if world == 1 and not (launched and spec.get("strategy", "none") != "none"):
         return 0, 1, spec.get("device")
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     device = spec.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,7 +106,7 @@ def run(spec: dict) -> dict:
                               rank=rank, world_size=world, strategy=spec.get("strategy", "none"))
             return _fit(trainer, spec)
     finally:
-        if world > 1 and torch.distributed.is_initialized():
+        if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
