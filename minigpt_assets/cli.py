@@ -92,7 +92,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 
 DEMO_EXPERIMENT, DEMO_MIXTURE = "minimind-demo", "balanced"
-TRAINING_ASSETS = {"pretrained_model"}
+TRAINING_ASSETS = {"pretrained_model", "sft_model"}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -116,10 +116,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(format_table(cols, rows))
         if train:
             cols, rows = StatsDB(settings.home).query(
-                "SELECT experiment, mixture, max(step) AS steps, arg_min(loss, step) AS first_loss, "
+                "SELECT experiment, mixture, stage, max(step) AS steps, arg_min(loss, step) AS first_loss, "
                 "arg_max(loss, step) AS final_loss, arg_min(val_loss, step) AS first_val_loss, "
                 "arg_max(val_loss, step) AS final_val_loss FROM training_metrics "
-                f"WHERE experiment = '{DEMO_EXPERIMENT}' AND mixture = '{DEMO_MIXTURE}' GROUP BY ALL")
+                f"WHERE experiment = '{DEMO_EXPERIMENT}' AND mixture = '{DEMO_MIXTURE}' GROUP BY ALL ORDER BY stage")
             print()
             print(format_table(cols, rows))
         print(f"\nartifacts:   {settings.home / 'artifacts'}")

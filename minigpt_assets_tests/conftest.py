@@ -140,7 +140,7 @@ def tiny_training_recipes(tiny_recipes) -> Path:
         num_layers: 2
         num_heads: 4
         num_kv_heads: 2
-        max_seq_len: 64
+        max_seq_len: 256
         """)
     write(tiny_recipes / "experiments/exp.yaml", """
         model: tiny

@@ -1,5 +1,6 @@
 """`minigpt demo` end to end on the shipped recipes: the data graph, then pretraining the demo model on the
-default mixture with a clearly falling validation loss (about 4-5 minutes on 2 CPU cores)."""
+default mixture with a clearly falling validation loss, then SFT on the offline python_qa conversations
+(about 5-6 minutes on 2 CPU cores)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "minimind-demo" in out and "0 failed" not in out
     art = ArtifactStore(home).require("pretrained_model", "minimind-demo+balanced")
     assert (art.path / "model.safetensors").is_file()
-    _, rows = StatsDB(home).query("SELECT step, val_loss FROM training_metrics WHERE val_loss IS NOT NULL "
-                                  "AND experiment = 'minimind-demo' ORDER BY step")
+    db = StatsDB(home)
+    _, rows = db.query("SELECT step, val_loss FROM training_metrics WHERE val_loss IS NOT NULL "
+                       "AND experiment = 'minimind-demo' AND stage = 'pretrain' ORDER BY step")
     first, last = rows[0], rows[-1]
     assert first[0] == 0 and last[0] == 200
     assert last[1] < first[1] - 2.0, rows  # ln(6400) = 8.8 at the start; the demo reaches about 5.6
+    _, rows = db.query("SELECT step, val_loss FROM training_metrics WHERE val_loss IS NOT NULL "
+                       "AND experiment = 'minimind-demo' AND stage = 'sft' ORDER BY step")
+    assert rows[0][0] == 0 and rows[-1][0] == 60 and rows[-1][1] < rows[0][1] - 0.5, rows  # 6.0 -> 4.8
+    assert ArtifactStore(home).require("sft_model", "minimind-demo+balanced").path.is_dir()

@@ -109,9 +109,7 @@ class PackedLoader:
     def batch(self, epoch: int, step: int) -> dict[str, np.ndarray]:
         idx = self.global_batch_indices(epoch, step)[self.rank::self.world_size]
         toks, docs = zip(*(self.data.window_tokens(int(i)) for i in idx))
-        t, d = np.stack(toks), np.stack(docs)
-        return {"input_ids": t[:, :-1], "labels": t[:, 1:], "doc_ids": d[:, :-1],
-                "position_ids": np.stack([_positions(x) for x in d[:, :-1]]), "windows": idx}
+        return make_batch(self.data, idx)
 
     def provenance(self, epoch: int, step: int) -> list[list[dict]]:
         """For each window of global batch (epoch, step): the documents (source, id, offset) its tokens came from."""
@@ -134,6 +132,19 @@ class PackedLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.state = LoaderState(int(state["epoch"]), int(state["step"]))
+
+
+def make_batch(data, idx) -> dict[str, np.ndarray]:
+    """Inputs, next-token labels, document ids and restarted positions of windows `idx`. Data with a
+    `window_mask` (chat) trains only where the mask is 1: other labels are -100 (ignored by the loss)."""
+    toks, docs = zip(*(data.window_tokens(int(i)) for i in idx))
+    t, d = np.stack(toks), np.stack(docs)
+    labels = t[:, 1:].copy()
+    if hasattr(data, "window_mask"):
+        mask = np.stack([data.window_mask(int(i)) for i in idx])
+        labels[mask[:, 1:] == 0] = -100
+    return {"input_ids": t[:, :-1], "labels": labels, "doc_ids": d[:, :-1],
+            "position_ids": np.stack([_positions(x) for x in d[:, :-1]]), "windows": np.asarray(idx)}
 
 
 def open_mixture(folder: Path, split: str = "train") -> PackedTokens:

@@ -15,6 +15,7 @@ from minigpt_assets.recipes import Catalog
 from minigpt_assets.training.pipeline import train_stage
 
 ASSET = "pretrained_model"
+SFT_ASSET = "sft_model"
 
 
 def split_training_key(key) -> tuple[str, str]:
@@ -26,26 +27,35 @@ def split_training_key(key) -> tuple[str, str]:
     return exp, mix
 
 
-def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
-    if parts.training is None or "experiment_recipe" not in recipe_assets:
-        return []
-    deps = [dg.AssetDep(MIXTURE_ASSET, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("mixture")),
-            dg.AssetDep(recipe_assets["experiment_recipe"],
-                        partition_mapping=dg.MultiToSingleDimensionPartitionMapping("experiment"))]
+def _stage_partitions(cat: Catalog, parts: Partitions, kind: str) -> dg.MultiPartitionsDefinition | None:
+    """experiment x mixture for the experiments that have a stage of this kind."""
+    exps = sorted(e for e in parts.experiments.get_partition_keys()
+                  if any(st.kind == kind for st in cat.experiments[e].stages)) if parts.experiments else []
+    if not exps or parts.mixtures is None:
+        return None
+    return dg.MultiPartitionsDefinition({"experiment": dg.StaticPartitionsDefinition(exps),
+                                         "mixture": parts.mixtures})
 
-    @dg.asset(name=ASSET, partitions_def=parts.training, deps=deps, group_name="training",
-              code_version=f"{ASSET}-v1", automation_condition=ON_DATA_OR_CODE_CHANGE, kinds={"pytorch"},
-              pool="training")
-    def pretrained_model(context: dg.AssetExecutionContext, project: ProjectResource,
-                         pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-        """Pretrain the experiment's model on the mixture (resuming the same run if one was interrupted)."""
+
+SAME_RUN = dg.MultiPartitionMapping({
+    "experiment": dg.DimensionPartitionMapping("experiment", dg.IdentityPartitionMapping()),
+    "mixture": dg.DimensionPartitionMapping("mixture", dg.IdentityPartitionMapping())})
+
+
+def _stage_asset(name: str, kind: str, pdef: dg.MultiPartitionsDefinition, deps: list, doc: str):
+    @dg.asset(name=name, partitions_def=pdef, deps=deps, group_name="training", code_version=f"{name}-v1",
+              automation_condition=ON_DATA_OR_CODE_CHANGE, kinds={"pytorch"}, pool="training", description=doc)
+    def _asset(context: dg.AssetExecutionContext, project: ProjectResource,
+               pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
         experiment, mixture = split_training_key(context.partition_key)
+        cat = project.catalog()
+        stage = next(st.stage_name for st in cat.experiments[experiment].stages if st.kind == kind)
 
         def launch(command: list[str], _log: Path) -> int:
             pipes.run(context=context, command=command)  # torchrun passes the Pipes env on; rank 0 reports
             return 0  # a non-zero exit raises DagsterPipesExecutionError with the output
 
-        out = train_stage(Path(project.home), project.catalog(), mixture, experiment, launch=launch)
+        out = train_stage(Path(project.home), cat, mixture, experiment, stage, launch=launch)
         s = out.summary
         weights = next(f["sha256"] for f in out.artifact.manifest["files"] if f["path"] == "model.safetensors")
         png = (out.artifact.path / "loss_curve.png").read_bytes()
@@ -61,18 +71,34 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
         # the weights are the data version: a re-run that reproduces them leaves everything below fresh
         return dg.MaterializeResult(data_version=dg.DataVersion(weights[:16]), metadata=md)
 
-    @dg.asset_check(asset=pretrained_model, name="loss_decreased", blocking=True,
+    @dg.asset_check(asset=_asset, name="loss_decreased", blocking=True,
                     description="the final training loss is below the first one, and no step was skipped")
     def loss_decreased(context: dg.AssetCheckExecutionContext, project: ProjectResource) -> dg.AssetCheckResult:
         import json
 
-        experiment, mixture = split_training_key(context.partition_key)
         from minigpt_assets.training.pipeline import stage_partition
 
-        art = project.store().require(ASSET, stage_partition(experiment, mixture))
+        experiment, mixture = split_training_key(context.partition_key)
+        art = project.store().require(name, stage_partition(experiment, mixture))
         s = json.loads((art.path / "training.json").read_text())
         ok = s["final_loss"] is not None and s["final_loss"] < s["first_loss"] and s["bad_steps"] == 0
         return dg.AssetCheckResult(passed=bool(ok), metadata={k: s[k] for k in ("first_loss", "final_loss",
                                                                                    "bad_steps") if s[k] is not None})
 
-    return [pretrained_model, loss_decreased]
+    return [_asset, loss_decreased]
+
+
+def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
+    if parts.training is None or "experiment_recipe" not in recipe_assets:
+        return []
+    recipe = dg.AssetDep(recipe_assets["experiment_recipe"],
+                         partition_mapping=dg.MultiToSingleDimensionPartitionMapping("experiment"))
+    out = _stage_asset(ASSET, "pretrain", parts.training,
+                       [dg.AssetDep(MIXTURE_ASSET, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("mixture")),
+                        recipe],
+                       "Pretrain the experiment's model on the mixture (resuming the same run if interrupted).")
+    sft = _stage_partitions(cat, parts, "sft")
+    if sft is not None:
+        out += _stage_asset(SFT_ASSET, "sft", sft, [dg.AssetDep(ASSET, partition_mapping=SAME_RUN), recipe],
+                            "Fine-tune the pretrained model on the stage's conversations (loss on answers only).")
+    return out

@@ -28,12 +28,30 @@ class OptimConfig(_Strict):
     grad_clip: float | None = Field(1.0, gt=0)
 
 
+class ChatData(_Strict):
+    """Conversations for SFT: the built-in offline demo set, or a jsonl file of {"messages": [...]} rows."""
+
+    kind: Literal["builtin", "jsonl"] = "builtin"
+    name: Literal["python_qa"] | None = "python_qa"
+    location: str | None = None
+    limit: int = Field(4000, gt=0)
+    validation_fraction: float = Field(0.05, ge=0, lt=1)
+    seq_len: int | None = Field(None, gt=0)  # packing window; default: the mixture's seq_len
+
+    @model_validator(mode="after")
+    def _check(self) -> "ChatData":
+        if self.kind == "jsonl" and not self.location:
+            raise ValueError("a jsonl chat dataset needs `location`")
+        return self
+
+
 class StageConfig(_Strict):
     """One training stage. `batch_size` is global (sequences per optimizer step, over all ranks);
     `micro_batch_size` is per rank and forward pass, the rest is gradient accumulation."""
 
-    kind: Literal["pretrain"] = "pretrain"
+    kind: Literal["pretrain", "sft"] = "pretrain"
     name: str | None = None
+    chat: ChatData | None = None  # sft: the conversations (loss on assistant tokens only)
     max_steps: int = Field(100, gt=0)
     batch_size: int = Field(16, gt=0)
     micro_batch_size: int | None = Field(None, gt=0)
@@ -56,6 +74,8 @@ class StageConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "StageConfig":
+        if self.kind == "sft" and self.chat is None:
+            raise ValueError("an sft stage needs `chat:` (e.g. {kind: builtin, name: python_qa})")
         mb = self.micro_batch_size or self.batch_size
         if self.batch_size % mb:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({mb})")
@@ -70,6 +90,8 @@ class ExperimentRecipe(_Strict):
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> "ExperimentRecipe":
+        if self.stages[0].kind != "pretrain":
+            raise ValueError("the first stage must be `pretrain` (later stages start from the one before)")
         names = [s.stage_name for s in self.stages]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

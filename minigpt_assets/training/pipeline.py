@@ -2,8 +2,9 @@
 
 Shared by `minigpt train` and the Dagster assets (which pass a Pipes launcher); no Dagster here. The stage
 trains in a resumable run folder `runs/<experiment>/<mixture>/<stage>-<key>/`, where the key hashes everything
-the result depends on (experiment and model recipes, the mixture artifact, the stage's starting weights), so
-an interrupted run resumes and a changed recipe starts afresh. The finished checkpoint, the tokenizer, the
+the result depends on (the model recipe, the stage's settings and position, the mixture artifact, the stage's
+starting weights), so an interrupted run resumes, a changed recipe starts afresh, and re-running a finished
+stage (say, after a later stage was added to the experiment) only publishes it again. The finished checkpoint, the tokenizer, the
 loss curve and the metrics are then published as the stage's artifact, and the metrics go to the DuckDB table
 `training_metrics`.
 """
@@ -24,7 +25,7 @@ from minigpt_assets.settings import TrainingProfile, load_profile
 from minigpt_assets.store import Artifact, ArtifactStore, StatsDB
 from minigpt_assets.training.config import StageConfig
 
-STAGE_ASSETS = {"pretrain": "pretrained_model"}
+STAGE_ASSETS = {"pretrain": "pretrained_model", "sft": "sft_model"}
 MIXTURE_ASSET, TOKENIZER_ASSET = "mixture", "tokenizer"
 
 Launcher = Callable[[list[str], Path], int]  # (command, log file) -> exit code
@@ -138,8 +139,6 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
     index, st = find_stage(cat, experiment, stage)
     if st.kind not in STAGE_ASSETS:
         raise PipelineError(f"stage kind {st.kind!r} is not supported yet")
-    if index != 0:
-        raise PipelineError("only the first stage of an experiment can run from a mixture for now")
     if checkpoint_every:
         st = st.model_copy(update={"checkpoint_every": checkpoint_every})
     store = ArtifactStore(home)
@@ -155,8 +154,22 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
     if seq_len > model_cfg.max_seq_len:
         raise PipelineError(f"recipes/models/{exp.model}.yaml: max_seq_len: {model_cfg.max_seq_len} is shorter "
                             f"than mixture {mixture!r} windows ({seq_len})")
-    key = hashlib.sha256(json.dumps({"experiment": cat.experiment_hash(experiment),
-                                     "stage": st.model_dump(mode="json"), "mixture": mix_art.version},
+    init = None
+    data: dict = {"kind": "mixture", "path": str(mix_art.path)}
+    if index > 0:  # later stages start from the previous stage's published checkpoint
+        prev = exp.stages[index - 1]
+        init = store.require(STAGE_ASSETS[prev.kind], stage_partition(experiment, mixture))
+    if st.kind == "sft":
+        chat_len = st.chat.seq_len or seq_len
+        if chat_len > model_cfg.max_seq_len:
+            raise PipelineError(f"recipes/experiments/{experiment}.yaml: stages.{index}.chat.seq_len: {chat_len} is "
+                                f"longer than the model's max_seq_len ({model_cfg.max_seq_len})")
+        data = {"kind": "chat", "chat": st.chat.model_dump(mode="json"), "tokenizer": str(tok_art.path),
+                "seq_len": chat_len}
+    # what this stage's result depends on (not the later stages: adding an SFT stage keeps the pretraining run)
+    key = hashlib.sha256(json.dumps({"model": model_cfg.model_dump(mode="json", exclude={"description"}),
+                                     "stage": st.model_dump(mode="json"), "index": index,
+                                     "mixture": mix_art.version, "init": init.version if init else None},
                                     sort_keys=True).encode()).hexdigest()[:12]
     run_dir = Path(home) / "runs" / experiment / mixture / f"{st.stage_name}-{key}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +180,7 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     profile = profile or load_profile(exp.compute).training
     spec = {"model": model_cfg.model_dump(mode="json"), "stage": st.model_dump(mode="json"), "run_dir": str(run_dir),
-            "data": {"kind": "mixture", "path": str(mix_art.path)}, "max_steps": max_steps,
+            "data": data, "max_steps": max_steps, "init_weights": str(init.path) if init else None,
             "device": device or profile.device, "resume": resume, "strategy": profile.strategy}
     spec_path = run_dir / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=2) + "\n")

@@ -33,7 +33,28 @@ def open_data(spec: dict):
         train = ArrayTokens(tokens[n_val:], spec["seq_len"], spec["eos"])
         val = ArrayTokens(tokens[:n_val], spec["seq_len"], spec["eos"]) if n_val else None
         return train, val
+    if spec["kind"] == "chat":
+        return open_chat(spec)
     raise ValueError(f"unknown data kind {spec['kind']!r}")
+
+
+def open_chat(spec: dict):
+    """(train, validation) PackedChat from a chat data spec: {"chat": ChatData fields, "tokenizer": dir,
+    "seq_len": N}; the split is by a hash of the conversation, so it does not depend on the order."""
+    import hashlib
+
+    from minigpt_assets.data.chat import PackedChat, encode_conversation, load_conversations, python_qa
+    from minigpt_assets.training.config import ChatData
+
+    chat = ChatData.model_validate(spec["chat"])
+    convs = python_qa(chat.limit) if chat.kind == "builtin" else load_conversations(Path(chat.location))[:chat.limit]
+    tok = Path(spec["tokenizer"])
+    train, val = [], []
+    for c in convs:
+        h = int(hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:8], 16) / 16**8
+        (val if h < chat.validation_fraction else train).append(encode_conversation(tok, c))
+    pad = int(spec.get("pad_id", 0))
+    return PackedChat(train, spec["seq_len"], pad), (PackedChat(val, spec["seq_len"], pad) if val else None)
 
 
 def _pipes():

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minigpt_assets.data.loader import PackedLoader
+from minigpt_assets.data.loader import PackedLoader, make_batch
 from minigpt_assets.models.config import ModelConfig
 from minigpt_assets.models.registry import build_model
 from minigpt_assets.training import checkpoint as ckpt
@@ -233,7 +233,9 @@ class Trainer:
             kw = {"doc_ids": self._to(batch["doc_ids"][lo:hi]), "position_ids": self._to(batch["position_ids"][lo:hi])}
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             logits = self.train_model(ids, **kw)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+        # mean over the tokens that are trained (all of them in pretraining, the answers in SFT)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+        loss = loss / (labels != -100).sum().clamp(min=1)
         aux = self.model.aux_loss()
         return loss + aux if aux is not None else loss
 
@@ -277,14 +279,8 @@ class Trainer:
         n = min(len(self.val), self.stage.eval_batches * self.micro)
         losses = []
         for lo in range(0, n, self.micro):
-            idx = range(lo, min(n, lo + self.micro))
-            toks, docs = zip(*(self.val.window_tokens(i) for i in idx))
-            t, d = np.stack(toks), np.stack(docs)
-            from minigpt_assets.data.loader import _positions
-
-            batch = {"input_ids": t[:, :-1], "labels": t[:, 1:], "doc_ids": d[:, :-1],
-                     "position_ids": np.stack([_positions(x) for x in d[:, :-1]])}
-            losses.append(float(self._loss(batch, 0, len(idx))))
+            idx = list(range(lo, min(n, lo + self.micro)))
+            losses.append(float(self._loss(make_batch(self.val, idx), 0, len(idx))))
         return float(np.mean(losses))
 
     def fit(self, max_steps: int | None = None, resume: bool = True) -> TrainResult:

@@ -116,3 +116,60 @@ def test_asset_trains_under_torchrun_with_two_ranks(tiny_training_recipes, tmp_p
     assert json.loads((art.path / "training.json").read_text())["steps"] == 6
     run_dir = json.loads((art.path / "training.json").read_text())["run_dir"]
     assert json.loads(open(f"{run_dir}/spec.json").read())["strategy"] == "ddp"
+
+
+def test_sft_stage_trains_on_answers_from_the_pretrained_model(tiny_training_recipes, tmp_path):
+    exp = tiny_training_recipes / "experiments/exp.yaml"
+    exp.write_text(exp.read_text() + """\
+  - kind: sft
+    max_steps: 4
+    batch_size: 4
+    optim: {lr: 0.003, warmup_steps: 1}
+    checkpoint_every: 2
+    eval_every: 2
+    chat: {kind: builtin, name: python_qa, limit: 200, validation_fraction: 0.1, seq_len: 256}
+""")
+    s = _settings(tmp_path, tiny_training_recipes)
+    graph = build_definitions(s).resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get(dg.AssetKey("sft_model")).parent_keys} >= {"pretrained_model"}
+    materialize_graph(s, select=DATA, log=lambda _: None)
+    out = materialize_graph(s, select={"pretrained_model", "sft_model"}, log=lambda _: None)
+    assert [(o.asset, o.ok) for o in out] == [("pretrained_model", True), ("sft_model", True)], out
+    store = ArtifactStore(s.home)
+    sft = store.require("sft_model", "exp+mix")
+    summary = json.loads((sft.path / "training.json").read_text())
+    assert summary["steps"] == 4 and summary["final_val_loss"] is not None
+    run_dir = summary["run_dir"]
+    spec = json.loads(open(f"{run_dir}/spec.json").read())
+    assert spec["init_weights"] == str(store.require("pretrained_model", "exp+mix").path)
+    assert spec["data"]["kind"] == "chat"
+    _, rows = StatsDB(s.home).query("SELECT DISTINCT stage FROM training_metrics ORDER BY 1")
+    assert [r[0] for r in rows] == ["pretrain", "sft"]
+
+
+def test_sft_labels_cover_exactly_the_answers(tiny_training_recipes, tmp_path):
+    """Loss mask: only assistant content and its end-of-turn token are trained."""
+    import numpy as np
+
+    from minigpt_assets.data.chat import PackedChat, encode_conversation, python_qa
+    from minigpt_assets.data.loader import make_batch
+
+    s = _settings(tmp_path, tiny_training_recipes)
+    materialize_graph(s, select={"source_documents", "filtered_documents", "quality_classifier", "dedup_index",
+                                 "deduplicated_documents", "tokenizer"}, log=lambda _: None)
+    tok = ArtifactStore(s.home).require("tokenizer", "tiny").path
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(tok)
+    conv = python_qa(1)[0]
+    ids, mask = encode_conversation(tok, conv)
+    assert hf.decode(ids[mask == 1]).replace("\n", "").endswith(conv[2]["content"] + "<|im_end|>")
+    assert conv[1]["content"] in hf.decode(ids[mask == 0])
+    assert hf.decode(ids) == hf.apply_chat_template(conv, tokenize=False)
+    packed = PackedChat([(ids, mask), (ids, mask)], seq_len=len(ids) * 2 + 5, pad_id=0)
+    b = make_batch(packed, [0])
+    trained = b["labels"][0] != -100
+    assert trained.sum() == 2 * mask.sum() - mask[0]  # labels are the next tokens: both answers, nothing else
+    window = packed.window_tokens(0)[0]
+    assert (b["labels"][0][trained] == window[1:][trained]).all()
+    assert set(np.unique(b["doc_ids"][0])) == {0, 1, 2}  # two conversations and the padding
