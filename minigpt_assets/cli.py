@@ -92,7 +92,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 
 DEMO_EXPERIMENT, DEMO_MIXTURE = "minimind-demo", "balanced"
-TRAINING_ASSETS = {"pretrained_model", "sft_model"}
+TRAINING_ASSETS = {"pretrained_model", "sft_model", "aligned_model"}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -150,3 +150,63 @@ def python_qa(limit: int = 4000, seed: int = 0) -> list[list[dict]]:
                           {"role": "assistant", "content": ans}])
     convs.sort(key=lambda c: hashlib.sha256(f"{seed}:{c[1]['content']}".encode()).hexdigest())
     return convs[:limit]
+
+
+# ------------------------------------------------------------------------------------------------ preferences
+class PreferencePairs:
+    """(prompt, chosen, rejected) as right-padded rows of `seq_len` tokens: for each side the input ids and the
+    next-token labels, -100 outside the answer. `make_batch(idx)` is what the loader calls."""
+
+    def __init__(self, pairs: list[tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]],
+                 seq_len: int, pad_id: int):
+        self.seq_len, self.window = seq_len, seq_len + 1
+        n = len(pairs)
+        self.ids = np.full((2, n, seq_len), pad_id, dtype=np.int64)
+        self.labels = np.full((2, n, seq_len), IGNORE, dtype=np.int64)
+        for i, sides in enumerate(pairs):
+            for s, (ids, mask) in enumerate(sides):
+                ids, mask = ids[: self.window], mask[: self.window]
+                t = len(ids) - 1
+                self.ids[s, i, :t] = ids[:-1]
+                lab = ids[1:].copy()
+                lab[mask[1:] == 0] = IGNORE
+                self.labels[s, i, :t] = lab
+
+    def __len__(self) -> int:
+        return self.ids.shape[1]
+
+    def make_batch(self, idx) -> dict[str, np.ndarray]:
+        idx = np.asarray(idx)
+        return {"chosen_ids": self.ids[0, idx], "chosen_labels": self.labels[0, idx],
+                "rejected_ids": self.ids[1, idx], "rejected_labels": self.labels[1, idx], "windows": idx}
+
+
+def python_qa_preferences(limit: int = 4000, seed: int = 0) -> list[dict]:
+    """Offline DPO demo set: the python_qa question, its docstring answer as `chosen`, and the answer to a
+    different question as `rejected` (a fluent but wrong answer)."""
+    convs = python_qa(limit, seed)
+    out = []
+    for i, c in enumerate(convs):
+        other = convs[(i + 1 + len(convs) // 2) % len(convs)]
+        if other[2]["content"] != c[2]["content"]:
+            out.append({"messages": c[:2], "chosen": c[2]["content"], "rejected": other[2]["content"]})
+    return out
+
+
+def load_preferences(path: Path) -> list[dict]:
+    """A jsonl file with one `{"messages": [...prompt...], "chosen": str, "rejected": str}` per line."""
+    out = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if not (isinstance(row, dict) and isinstance(row.get("messages"), list)
+                and isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str)):
+            raise ValueError(f"{path}:{n}: expected {{\"messages\": [...], \"chosen\": str, \"rejected\": str}}")
+        out.append(row)
+    return out
+
+
+def encode_preference(tokenizer_dir: Path, row: dict) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    return tuple(encode_conversation(tokenizer_dir, row["messages"] + [{"role": "assistant", "content": row[k]}])
+                 for k in ("chosen", "rejected"))

@@ -108,7 +108,6 @@ class PackedLoader:
 
     def batch(self, epoch: int, step: int) -> dict[str, np.ndarray]:
         idx = self.global_batch_indices(epoch, step)[self.rank::self.world_size]
-        toks, docs = zip(*(self.data.window_tokens(int(i)) for i in idx))
         return make_batch(self.data, idx)
 
     def provenance(self, epoch: int, step: int) -> list[list[dict]]:
@@ -137,6 +136,8 @@ class PackedLoader:
 def make_batch(data, idx) -> dict[str, np.ndarray]:
     """Inputs, next-token labels, document ids and restarted positions of windows `idx`. Data with a
     `window_mask` (chat) trains only where the mask is 1: other labels are -100 (ignored by the loss)."""
+    if hasattr(data, "make_batch"):  # rows that are not packed windows (preference pairs)
+        return data.make_batch(idx)
     toks, docs = zip(*(data.window_tokens(int(i)) for i in idx))
     t, d = np.stack(toks), np.stack(docs)
     labels = t[:, 1:].copy()

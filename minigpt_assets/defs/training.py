@@ -1,5 +1,5 @@
-"""pretrained_model[experiment|mixture]: the experiment's pretraining stage on one mixture, launched through
-Dagster Pipes (a subprocess that streams its metrics back), published as a checkpoint artifact."""
+"""Training assets, partitioned by experiment x mixture: pretrained_model -> sft_model -> aligned_model. Each runs
+its stage through Dagster Pipes (a subprocess or torchrun that streams metrics back) and publishes a checkpoint."""
 
 import base64
 from pathlib import Path
@@ -16,6 +16,7 @@ from minigpt_assets.training.pipeline import train_stage
 
 ASSET = "pretrained_model"
 SFT_ASSET = "sft_model"
+ALIGNED_ASSET = "aligned_model"
 
 
 def split_training_key(key) -> tuple[str, str]:
@@ -101,4 +102,8 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
     if sft is not None:
         out += _stage_asset(SFT_ASSET, "sft", sft, [dg.AssetDep(ASSET, partition_mapping=SAME_RUN), recipe],
                             "Fine-tune the pretrained model on the stage's conversations (loss on answers only).")
+    dpo = _stage_partitions(cat, parts, "dpo")
+    if dpo is not None:  # experiments order their stages pretrain -> sft -> dpo
+        out += _stage_asset(ALIGNED_ASSET, "dpo", dpo, [dg.AssetDep(SFT_ASSET, partition_mapping=SAME_RUN), recipe],
+                            "Align the SFT model on preference pairs with DPO (or IPO) against its frozen copy.")
     return out

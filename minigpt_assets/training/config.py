@@ -29,7 +29,9 @@ class OptimConfig(_Strict):
 
 
 class ChatData(_Strict):
-    """Conversations for SFT: the built-in offline demo set, or a jsonl file of {"messages": [...]} rows."""
+    """Conversations for SFT (jsonl rows {"messages": [...]}) or preference pairs for DPO (jsonl rows
+    {"messages": [...prompt...], "chosen": str, "rejected": str}); `builtin: python_qa` is the offline demo set
+    (for DPO: the right answer against the answer to another question)."""
 
     kind: Literal["builtin", "jsonl"] = "builtin"
     name: Literal["python_qa"] | None = "python_qa"
@@ -45,13 +47,22 @@ class ChatData(_Strict):
         return self
 
 
+class DPOConfig(_Strict):
+    """Direct preference optimization against the frozen starting model: `sigmoid` is DPO (Rafailov et al.),
+    `ipo` the squared-loss variant (Azar et al.); beta scales the log-ratio margin."""
+
+    beta: float = Field(0.1, gt=0)
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+
+
 class StageConfig(_Strict):
     """One training stage. `batch_size` is global (sequences per optimizer step, over all ranks);
     `micro_batch_size` is per rank and forward pass, the rest is gradient accumulation."""
 
-    kind: Literal["pretrain", "sft"] = "pretrain"
+    kind: Literal["pretrain", "sft", "dpo"] = "pretrain"
     name: str | None = None
-    chat: ChatData | None = None  # sft: the conversations (loss on assistant tokens only)
+    chat: ChatData | None = None  # sft: the conversations (loss on assistant tokens only); dpo: the preferences
+    dpo: DPOConfig = DPOConfig()
     max_steps: int = Field(100, gt=0)
     batch_size: int = Field(16, gt=0)
     micro_batch_size: int | None = Field(None, gt=0)
@@ -74,8 +85,8 @@ class StageConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "StageConfig":
-        if self.kind == "sft" and self.chat is None:
-            raise ValueError("an sft stage needs `chat:` (e.g. {kind: builtin, name: python_qa})")
+        if self.kind in ("sft", "dpo") and self.chat is None:
+            raise ValueError(f"an {self.kind} stage needs `chat:` (e.g. {{kind: builtin, name: python_qa}})")
         mb = self.micro_batch_size or self.batch_size
         if self.batch_size % mb:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({mb})")
@@ -90,8 +101,10 @@ class ExperimentRecipe(_Strict):
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> "ExperimentRecipe":
-        if self.stages[0].kind != "pretrain":
-            raise ValueError("the first stage must be `pretrain` (later stages start from the one before)")
+        kinds = [s.kind for s in self.stages]
+        if kinds not in (["pretrain"], ["pretrain", "sft"], ["pretrain", "sft", "dpo"]):
+            raise ValueError(f"stages must be pretrain, then optionally sft, then optionally dpo (got {', '.join(kinds)});"
+                             " each starts from the one before")
         names = [s.stage_name for s in self.stages]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

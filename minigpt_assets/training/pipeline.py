@@ -25,7 +25,7 @@ from minigpt_assets.settings import TrainingProfile, load_profile
 from minigpt_assets.store import Artifact, ArtifactStore, StatsDB
 from minigpt_assets.training.config import StageConfig
 
-STAGE_ASSETS = {"pretrain": "pretrained_model", "sft": "sft_model"}
+STAGE_ASSETS = {"pretrain": "pretrained_model", "sft": "sft_model", "dpo": "aligned_model"}
 MIXTURE_ASSET, TOKENIZER_ASSET = "mixture", "tokenizer"
 
 Launcher = Callable[[list[str], Path], int]  # (command, log file) -> exit code
@@ -159,13 +159,13 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
     if index > 0:  # later stages start from the previous stage's published checkpoint
         prev = exp.stages[index - 1]
         init = store.require(STAGE_ASSETS[prev.kind], stage_partition(experiment, mixture))
-    if st.kind == "sft":
+    if st.kind in ("sft", "dpo"):
         chat_len = st.chat.seq_len or seq_len
         if chat_len > model_cfg.max_seq_len:
             raise PipelineError(f"recipes/experiments/{experiment}.yaml: stages.{index}.chat.seq_len: {chat_len} is "
                                 f"longer than the model's max_seq_len ({model_cfg.max_seq_len})")
-        data = {"kind": "chat", "chat": st.chat.model_dump(mode="json"), "tokenizer": str(tok_art.path),
-                "seq_len": chat_len}
+        data = {"kind": "chat" if st.kind == "sft" else "preferences", "chat": st.chat.model_dump(mode="json"),
+                "tokenizer": str(tok_art.path), "seq_len": chat_len}
     # what this stage's result depends on (not the later stages: adding an SFT stage keeps the pretraining run)
     key = hashlib.sha256(json.dumps({"model": model_cfg.model_dump(mode="json", exclude={"description"}),
                                      "stage": st.model_dump(mode="json"), "index": index,

@@ -35,7 +35,33 @@ def open_data(spec: dict):
         return train, val
     if spec["kind"] == "chat":
         return open_chat(spec)
+    if spec["kind"] == "preferences":
+        return open_preferences(spec)
     raise ValueError(f"unknown data kind {spec['kind']!r}")
+
+
+def _split(rows: list, fraction: float) -> tuple[list, list]:
+    """(train, validation) by a hash of each row, so the split does not depend on the order."""
+    import hashlib
+
+    train, val = [], []
+    for r in rows:
+        h = int(hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest()[:8], 16) / 16**8
+        (val if h < fraction else train).append(r)
+    return train, val
+
+
+def open_preferences(spec: dict):
+    """(train, validation) PreferencePairs from {"chat": ChatData fields, "tokenizer": dir, "seq_len": N}."""
+    from minigpt_assets.data.chat import PreferencePairs, encode_preference, load_preferences, python_qa_preferences
+    from minigpt_assets.training.config import ChatData
+
+    chat = ChatData.model_validate(spec["chat"])
+    rows = python_qa_preferences(chat.limit) if chat.kind == "builtin" else load_preferences(Path(chat.location))
+    train, val = _split(rows[:chat.limit], chat.validation_fraction)
+    tok, pad = Path(spec["tokenizer"]), int(spec.get("pad_id", 0))
+    enc = lambda rs: PreferencePairs([encode_preference(tok, r) for r in rs], spec["seq_len"], pad)  # noqa: E731
+    return enc(train), (enc(val) if val else None)
 
 
 def open_chat(spec: dict):

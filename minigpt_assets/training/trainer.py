@@ -99,6 +99,15 @@ class Trainer:
             from minigpt_assets.models.interop import from_pretrained
 
             self.model.load_state_dict(from_pretrained(init_weights).state_dict())
+        self.reference = None
+        if stage.kind == "dpo":  # the frozen starting point the policy's log-ratios are measured against
+            if init_weights is None:
+                raise TrainingError("a dpo stage needs the previous stage's checkpoint (init_weights)")
+            from minigpt_assets.models.interop import from_pretrained
+
+            self.reference = from_pretrained(init_weights).to(self.device).eval().requires_grad_(False)
+        self.stats: dict[str, float] = {}
+        self.val_stats: dict[str, float] = {}
         self.train_model = self._parallelize()
         o = stage.optim
         fused = self.device.type == "cuda"
@@ -225,7 +234,34 @@ class Trainer:
     def _to(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
 
+    def _seq_logps(self, model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Sum of log-probabilities of the labelled tokens of each row."""
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            logits = model(ids)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        keep = labels != -100
+        tok = logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+        return (tok * keep).sum(-1)
+
+    def _dpo_loss(self, batch: dict, lo: int, hi: int) -> torch.Tensor:
+        ids = self._to(np.concatenate([batch["chosen_ids"][lo:hi], batch["rejected_ids"][lo:hi]]))
+        labels = self._to(np.concatenate([batch["chosen_labels"][lo:hi], batch["rejected_labels"][lo:hi]]))
+        pol_c, pol_r = self._seq_logps(self.train_model, ids, labels).chunk(2)
+        with torch.no_grad():
+            ref_c, ref_r = self._seq_logps(self.reference, ids, labels).chunk(2)
+        margin = (pol_c - ref_c) - (pol_r - ref_r)
+        d = self.stage.dpo
+        if d.loss == "sigmoid":
+            loss = -F.logsigmoid(d.beta * margin).mean()
+        else:
+            loss = ((margin - 1 / (2 * d.beta)) ** 2).mean()
+        self.stats = {"reward_accuracy": float((margin > 0).float().mean()),
+                      "reward_margin": float(d.beta * margin.mean())}
+        return loss
+
     def _loss(self, batch: dict, lo: int, hi: int) -> torch.Tensor:
+        if self.stage.kind == "dpo":
+            return self._dpo_loss(batch, lo, hi)
         ids = self._to(batch["input_ids"][lo:hi])
         labels = self._to(batch["labels"][lo:hi])
         kw = {}
@@ -268,7 +304,7 @@ class Trainer:
             self.bad_in_a_row += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return {"loss": loss_value, "grad_norm": float(grad_norm), "lr": lr, "finite": finite}
+        return {"loss": loss_value, "grad_norm": float(grad_norm), "lr": lr, "finite": finite, **self.stats}
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -278,9 +314,13 @@ class Trainer:
         self.model.eval()
         n = min(len(self.val), self.stage.eval_batches * self.micro)
         losses = []
+        accs = []
         for lo in range(0, n, self.micro):
             idx = list(range(lo, min(n, lo + self.micro)))
             losses.append(float(self._loss(make_batch(self.val, idx), 0, len(idx))))
+            if "reward_accuracy" in self.stats:
+                accs.append(self.stats["reward_accuracy"])
+        self.val_stats = {"val_reward_accuracy": float(np.mean(accs))} if accs else {}
         return float(np.mean(losses))
 
     def fit(self, max_steps: int | None = None, resume: bool = True) -> TrainResult:
@@ -309,12 +349,14 @@ class Trainer:
             now = time.perf_counter()
             row = {"stage": self.stage.stage_name, "step": self.step, "loss": out["loss"], "lr": out["lr"],
                    "grad_norm": out["grad_norm"], "tokens": self.tokens,
-                   "tokens_per_s": window_tokens / max(now - t_last, 1e-9), "skipped": not out["finite"]}
+                   "tokens_per_s": window_tokens / max(now - t_last, 1e-9), "skipped": not out["finite"],
+                   **{k: out[k] for k in ("reward_accuracy", "reward_margin") if k in out}}
             t_last = now
             if out["finite"]:
                 last_loss = out["loss"]
             if self.stage.eval_every and self.step % self.stage.eval_every == 0:
                 val_loss = row["val_loss"] = self.evaluate()
+                row.update(self.val_stats)
             if self.step % self.stage.log_every == 0 or self.step == stop:
                 self._emit(row)
             rows.append(row)

@@ -173,3 +173,72 @@ def test_sft_labels_cover_exactly_the_answers(tiny_training_recipes, tmp_path):
     window = packed.window_tokens(0)[0]
     assert (b["labels"][0][trained] == window[1:][trained]).all()
     assert set(np.unique(b["doc_ids"][0])) == {0, 1, 2}  # two conversations and the padding
+
+
+def test_dpo_loss_matches_the_formula():
+    """The trainer's DPO loss on hand-made log-probabilities: -log sigmoid(beta * margin), and IPO's square."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from minigpt_assets.models import make_config
+    from minigpt_assets.training.config import StageConfig
+    from minigpt_assets.training.trainer import Trainer
+
+    class Pairs:
+        def __len__(self):
+            return 4
+
+    cfg = make_config({"family": "llama", "vocab_size": 16, "hidden_size": 16, "num_layers": 1, "num_heads": 2})
+    for loss_kind in ("sigmoid", "ipo"):
+        stage = StageConfig(kind="dpo", batch_size=2, chat={"kind": "builtin"}, dpo={"beta": 0.5, "loss": loss_kind})
+        tr = Trainer.__new__(Trainer)  # only the loss: no model, data or optimizer needed
+        tr.stage, tr.device, tr.dtype = stage, torch.device("cpu"), torch.float32
+        logps = {"pol": torch.tensor([-3.0, -5.0, -4.0, -4.5]), "ref": torch.tensor([-3.5, -4.0, -4.2, -4.0])}
+        calls = iter(["pol", "ref"])
+        tr._seq_logps = lambda model, ids, labels: logps[next(calls)]
+        tr.train_model = tr.reference = None
+        batch = {k: np.zeros((2, 3), dtype=np.int64) for k in ("chosen_ids", "chosen_labels", "rejected_ids",
+                                                                "rejected_labels")}
+        got = tr._dpo_loss(batch, 0, 2)
+        margin = (torch.tensor([-3.0, -5.0]) - torch.tensor([-3.5, -4.0])) - (torch.tensor([-4.0, -4.5])
+                                                                              - torch.tensor([-4.2, -4.0]))
+        want = -F.logsigmoid(0.5 * margin).mean() if loss_kind == "sigmoid" else ((margin - 1.0) ** 2).mean()
+        assert torch.allclose(got, want)
+        assert tr.stats["reward_accuracy"] == 0.5
+    del cfg
+
+
+def test_full_chain_pretrain_sft_dpo(tiny_training_recipes, tmp_path):
+    from minigpt_assets.data.chat import python_qa
+
+    prefs = tmp_path / "prefs.jsonl"  # an easy preference to learn in a few steps: answer rather than refuse
+    prefs.write_text("".join(json.dumps({"messages": c[:2], "chosen": c[2]["content"], "rejected": "No idea."}) + "\n"
+                             for c in python_qa(200)))
+    exp = tiny_training_recipes / "experiments/exp.yaml"
+    exp.write_text(exp.read_text() + """\
+  - kind: sft
+    max_steps: 4
+    batch_size: 4
+    optim: {lr: 0.003, warmup_steps: 1}
+    checkpoint_every: 4
+    chat: {kind: builtin, name: python_qa, limit: 200, seq_len: 256}
+  - kind: dpo
+    max_steps: 8
+    batch_size: 8
+    optim: {lr: 0.001, warmup_steps: 1, weight_decay: 0.0}
+    checkpoint_every: 8
+    eval_every: 8
+    dpo: {beta: 0.1}
+    chat: {kind: jsonl, location: PREFS, limit: 200, seq_len: 256, validation_fraction: 0.2}
+""".replace("PREFS", str(prefs)))
+    s = _settings(tmp_path, tiny_training_recipes)
+    materialize_graph(s, select=DATA, log=lambda _: None)
+    out = materialize_graph(s, select={"pretrained_model", "sft_model", "aligned_model"}, log=lambda _: None)
+    assert [(o.asset, o.ok) for o in out] == [("pretrained_model", True), ("sft_model", True),
+                                              ("aligned_model", True)], out
+    art = ArtifactStore(s.home).require("aligned_model", "exp+mix")
+    rows = [json.loads(x) for x in (art.path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "loss" in r]
+    assert abs(train[0]["loss"] - 0.6931) < 1e-3  # policy == reference at the start: -log sigmoid(0)
+    assert train[-1]["loss"] < 0.5 and train[-1]["reward_accuracy"] == 1.0
+    assert rows[-1]["val_reward_accuracy"] == 1.0 and rows[-1]["val_loss"] < 0.5
