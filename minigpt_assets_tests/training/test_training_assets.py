@@ -20,6 +20,18 @@ DATA = {"source_documents", "filtered_documents", "quality_classifier", "dedup_i
         "tokenizer", "token_shards", "mixture"}
 
 
+# a 4-step SFT stage on the offline python_qa conversations, appended to the tiny experiment
+SFT_STAGE = """\
+  - kind: sft
+    max_steps: 4
+    batch_size: 4
+    optim: {lr: 0.003, warmup_steps: 1}
+    checkpoint_every: 2
+    eval_every: 2
+    chat: {kind: builtin, name: python_qa, limit: 200, validation_fraction: 0.1, seq_len: 256}
+"""
+
+
 def _settings(tmp_path, recipes) -> Settings:
     return Settings(home=tmp_path / "home", recipes=recipes, workers=1)
 
@@ -120,15 +132,7 @@ def test_asset_trains_under_torchrun_with_two_ranks(tiny_training_recipes, tmp_p
 
 def test_sft_stage_trains_on_answers_from_the_pretrained_model(tiny_training_recipes, tmp_path):
     exp = tiny_training_recipes / "experiments/exp.yaml"
-    exp.write_text(exp.read_text() + """\
-  - kind: sft
-    max_steps: 4
-    batch_size: 4
-    optim: {lr: 0.003, warmup_steps: 1}
-    checkpoint_every: 2
-    eval_every: 2
-    chat: {kind: builtin, name: python_qa, limit: 200, validation_fraction: 0.1, seq_len: 256}
-""")
+    exp.write_text(exp.read_text() + SFT_STAGE)
     s = _settings(tmp_path, tiny_training_recipes)
     graph = build_definitions(s).resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get(dg.AssetKey("sft_model")).parent_keys} >= {"pretrained_model"}
@@ -215,13 +219,7 @@ def test_full_chain_pretrain_sft_dpo(tiny_training_recipes, tmp_path):
     prefs.write_text("".join(json.dumps({"messages": c[:2], "chosen": c[2]["content"], "rejected": "No idea."}) + "\n"
                              for c in python_qa(200)))
     exp = tiny_training_recipes / "experiments/exp.yaml"
-    exp.write_text(exp.read_text() + """\
-  - kind: sft
-    max_steps: 4
-    batch_size: 4
-    optim: {lr: 0.003, warmup_steps: 1}
-    checkpoint_every: 4
-    chat: {kind: builtin, name: python_qa, limit: 200, seq_len: 256}
+    exp.write_text(exp.read_text() + SFT_STAGE + """\
   - kind: dpo
     max_steps: 8
     batch_size: 8
