@@ -116,8 +116,6 @@ def to_hf_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str,
     for k, v in sd.items():
         if k == "lm_head.weight" and cfg.tie_embeddings:
             continue
-        if k.endswith("mlp.gate.tokens_per_expert") or k.endswith("rotary.inv_freq"):
-            continue
         m = re.match(r"^(model\.layers\.\d+\.mlp)\.experts\.(gate_proj|up_proj|down_proj)$", k)
         if m:
             for e in range(v.shape[0]):
@@ -254,8 +252,8 @@ def load_minimind_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> d
 
 # ------------------------------------------------------------------------------------------------ folders
 def _state_dict(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach() for k, v in model.state_dict().items()
-            if not k.endswith(("tokens_per_expert", "rotary.inv_freq"))}
+    """Persistent tensors only: rotary frequencies and router counts are non-persistent buffers."""
+    return {k: v.detach() for k, v in model.state_dict().items()}
 
 
 def _copy_tokenizer(src: Path | None, dst: Path) -> bool:
@@ -294,7 +292,6 @@ def write_model_files(model, folder: Path, metadata: dict | None = None,
     cfg: ModelConfig = model.config
     (folder / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
     sd = _state_dict(model) if state_dict is None else dict(state_dict)
-    sd = {k: v for k, v in sd.items() if not k.endswith(("tokens_per_expert", "rotary.inv_freq"))}
     if cfg.tie_embeddings:
         sd.pop("lm_head.weight", None)
     save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(folder / WEIGHTS_FILE),
@@ -353,9 +350,8 @@ def _load_into(cfg: ModelConfig, sd: dict[str, torch.Tensor], where: str, dtype=
     model = model.to_empty(device="cpu")
     model.init_weights()  # buffers (rotary, router counts) and anything the checkpoint lacks is checked below
     missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.endswith(("tokens_per_expert", "rotary.inv_freq"))
-               and not (cfg.tie_embeddings and k == "lm_head.weight")]
-    missing = [k for k in missing if not k.endswith("mlp.gate.expert_bias")]  # zero bias is the default
+    missing = [k for k in missing if not (cfg.tie_embeddings and k == "lm_head.weight")
+               and not k.endswith("mlp.gate.expert_bias")]  # a zero balancing bias is the default
     if missing or unexpected:
         raise CheckpointError(f"{where}: weights do not match the config: missing {missing[:4]}"
                               f"{'...' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}"

@@ -67,20 +67,15 @@ def open_preferences(spec: dict):
 def open_chat(spec: dict):
     """(train, validation) PackedChat from a chat data spec: {"chat": ChatData fields, "tokenizer": dir,
     "seq_len": N}; the split is by a hash of the conversation, so it does not depend on the order."""
-    import hashlib
-
     from minigpt_assets.data.chat import PackedChat, encode_conversation, load_conversations, python_qa
     from minigpt_assets.training.config import ChatData
 
     chat = ChatData.model_validate(spec["chat"])
     convs = python_qa(chat.limit) if chat.kind == "builtin" else load_conversations(Path(chat.location))[:chat.limit]
-    tok = Path(spec["tokenizer"])
-    train, val = [], []
-    for c in convs:
-        h = int(hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:8], 16) / 16**8
-        (val if h < chat.validation_fraction else train).append(encode_conversation(tok, c))
-    pad = int(spec.get("pad_id", 0))
-    return PackedChat(train, spec["seq_len"], pad), (PackedChat(val, spec["seq_len"], pad) if val else None)
+    train, val = _split(convs, chat.validation_fraction)
+    tok, pad = Path(spec["tokenizer"]), int(spec.get("pad_id", 0))
+    enc = lambda cs: PackedChat([encode_conversation(tok, c) for c in cs], spec["seq_len"], pad)  # noqa: E731
+    return enc(train), (enc(val) if val else None)
 
 
 def _pipes():

@@ -103,9 +103,9 @@ class Trainer:
         if stage.kind == "dpo":  # the frozen starting point the policy's log-ratios are measured against
             if init_weights is None:
                 raise TrainingError("a dpo stage needs the previous stage's checkpoint (init_weights)")
-            from minigpt_assets.models.interop import from_pretrained
+            import copy
 
-            self.reference = from_pretrained(init_weights).to(self.device).eval().requires_grad_(False)
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)  # the weights just loaded
         self.stats: dict[str, float] = {}
         self.val_stats: dict[str, float] = {}
         self.train_model = self._parallelize()
@@ -192,14 +192,12 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
         own = set(self.model.state_dict())
-        wanted = {k for k in own if not k.endswith(("tokens_per_expert", "inv_freq"))}
         if self.model_cfg.tie_embeddings:
             model_state.setdefault("lm_head.weight", model_state.get("model.embed_tokens.weight"))
-        missing, unexpected = sorted(wanted - set(model_state)), sorted(set(model_state) - own)
+        missing, unexpected = sorted(own - set(model_state)), sorted(set(model_state) - own)
         if missing or unexpected:
             raise TrainingError(f"{last}: checkpoint does not fit the model (missing {missing[:3]}, "
                                 f"unexpected {unexpected[:3]})")
-        model_state = {k: v for k, v in model_state.items() if k in wanted}
         set_state_dict(self.model, self.optimizer, model_state_dict=model_state,
                        optim_state_dict=optim_state["optimizer"],
                        options=StateDictOptions(full_state_dict=True, strict=False))
