@@ -189,11 +189,11 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
         tail = (run_dir / "train.log").read_text().strip().splitlines()[-1:] if (run_dir / "train.log").is_file() else []
         raise PipelineError(f"training {experiment}/{mixture}/{st.stage_name} failed (exit {code})"
                             + (f": {tail[0]}" if tail else "") + f"; log: {run_dir / 'train.log'}")
-    return publish_stage(store, run_dir, mixture, experiment, st, tok_art.path, Path(home))
+    return publish_stage(store, run_dir, mixture, experiment, st, tok_art.path)
 
 
 def publish_stage(store: ArtifactStore, run_dir: Path, mixture: str, experiment: str, st: StageConfig,
-                  tokenizer_dir: Path, home: Path) -> StageOutcome:
+                  tokenizer_dir: Path) -> StageOutcome:
     import shutil
 
     from minigpt_assets.training.checkpoint import latest_checkpoint
@@ -202,7 +202,7 @@ def publish_stage(store: ArtifactStore, run_dir: Path, mixture: str, experiment:
     if last is None:
         raise PipelineError(f"{run_dir}: the run left no checkpoint")
     rows = metrics_rows(run_dir, mixture, experiment)
-    StatsDB(home).write("training_metrics", f"{experiment}+{mixture}+{st.stage_name}", rows)
+    StatsDB(store.root).write("training_metrics", f"{experiment}+{mixture}+{st.stage_name}", rows)
     losses = [r["loss"] for r in rows if r["loss"] is not None and not r["skipped"]]
     vals = [r["val_loss"] for r in rows if r["val_loss"] is not None]
     trainer = json.loads((last / "trainer.json").read_text())
