@@ -165,7 +165,7 @@ def main(argv: list[str]) -> int:
 
     try:
         result = run(spec)
-    except TrainingError as e:
+    except (TrainingError, ValueError) as e:  # a diverged run, or bad data (file:line: what was expected)
         print(f"training: {e}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") == "0":

@@ -143,3 +143,20 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, kill_at, resumed_from):
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 13))
     assert [r["loss"] for r in rows] == ref["losses"]
+
+
+@pytest.mark.parametrize("kind, row", [("chat", {"msgs": 1}), ("preferences", {"messages": [], "chosen": "a"})])
+def test_bad_chat_file_is_one_line(tmp_path, capsys, kind, row):
+    from minigpt_assets.training.run import main
+
+    data = tmp_path / "c.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b"})
+                    + "\n" + json.dumps(row) + "\n")
+    chat = {"kind": "jsonl", "location": str(data)}
+    spec = {"model": MODEL, "stage": {"kind": "sft" if kind == "chat" else "dpo", "chat": chat},
+            "run_dir": str(tmp_path / "run"), "data": {"kind": kind, "chat": chat, "tokenizer": str(tmp_path),
+                                                       "seq_len": 32}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    assert main([str(tmp_path / "spec.json")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"training: {data}:2: expected")
