@@ -14,6 +14,17 @@ DEFAULT_HOME = "./.minigpt"
 DEFAULT_RECIPES = "./recipes"
 
 
+class WandbSettings(BaseModel):
+    """Weights & Biases logging of every training stage: `offline` (the default) writes runs under the run folder
+    for `wandb sync`; `online` streams them (with WANDB_API_KEY set); `disabled` turns it off. WANDB_MODE in
+    the environment overrides `mode`."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "minigpt-assets"
+    entity: str | None = None
+
+
 class TrainingProfile(BaseModel):
     """How a training stage is launched on this kind of machine (an experiment's `compute:` names the profile).
 
@@ -30,6 +41,7 @@ class TrainingProfile(BaseModel):
     rdzv_id: str = "minigpt"
     device: str | None = None
     command_prefix: list[str] = Field(default_factory=list)
+    wandb: WandbSettings = WandbSettings()
 
 
 class Profile(BaseModel):

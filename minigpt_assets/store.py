@@ -182,7 +182,10 @@ STATS_SCHEMAS: dict[str, pa.Schema] = {
     "training_metrics": pa.schema([("mixture", pa.string()), ("experiment", pa.string()), ("stage", pa.string()),
                                    ("step", pa.int64()), ("loss", pa.float64()), ("val_loss", pa.float64()),
                                    ("lr", pa.float64()), ("grad_norm", pa.float64()), ("tokens", pa.int64()),
-                                   ("tokens_per_s", pa.float64()), ("skipped", pa.bool_())]),
+                                   ("tokens_per_s", pa.float64()), ("skipped", pa.bool_()),
+                                   # objective-specific: dpo reward accuracy, grpo mean reward, distill/grpo KL
+                                   ("reward_accuracy", pa.float64()), ("val_reward_accuracy", pa.float64()),
+                                   ("reward", pa.float64()), ("val_reward", pa.float64()), ("kl", pa.float64())]),
 }
 
 

@@ -181,16 +181,102 @@ class PreferencePairs:
                 "rejected_ids": self.ids[1, idx], "rejected_labels": self.labels[1, idx], "windows": idx}
 
 
-def python_qa_preferences(limit: int = 4000, seed: int = 0) -> list[dict]:
-    """Offline DPO demo set: the python_qa question, its docstring answer as `chosen`, and the answer to a
-    different question as `rejected` (a fluent but wrong answer)."""
+def python_qa_preferences(limit: int = 4000, seed: int = 0, rejected: str = "other_answer") -> list[dict]:
+    """Offline DPO demo set: the python_qa question and its docstring answer as `chosen`. `rejected` is the
+    answer to a different question (`other_answer`: fluent but wrong, so the model must read the question), or
+    the right answer degenerating into a loop (`repetition`: the failure small models are most prone to)."""
     convs = python_qa(limit, seed)
     out = []
     for i, c in enumerate(convs):
+        answer = c[2]["content"]
+        if rejected == "repetition":
+            words = answer.rstrip(".").split()
+            head = " ".join(words[: max(2, len(words) // 2)])
+            out.append({"messages": c[:2], "chosen": answer, "rejected": " ".join([head] * 3) + "."})
+            continue
         other = convs[(i + 1 + len(convs) // 2) % len(convs)]
-        if other[2]["content"] != c[2]["content"]:
-            out.append({"messages": c[:2], "chosen": c[2]["content"], "rejected": other[2]["content"]})
+        if other[2]["content"] != answer:
+            out.append({"messages": c[:2], "chosen": answer, "rejected": other[2]["content"]})
     return out
+
+
+# ------------------------------------------------------------------------------------------------ arithmetic
+ARITHMETIC_SYSTEM = "You are a careful calculator."
+
+
+def arithmetic(limit: int = 4000, seed: int = 0, max_operand: int = 49) -> list[dict]:
+    """Offline demo tasks with checkable answers: every `a + b` and `a - b` (a >= b) with operands up to
+    `max_operand`, in a seeded order. Each row is `{"messages": [system, user], "answer": "71",
+    "solution": "23 + 48 = 71."}`: SFT trains on the solution, GRPO rewards the answer, DPO prefers the
+    solution to one with a wrong result."""
+    rows = []
+    for a in range(max_operand + 1):
+        for b in range(max_operand + 1):
+            for op in ("+", "-"):
+                if op == "-" and a < b:
+                    continue
+                c = a + b if op == "+" else a - b
+                rows.append({"messages": [{"role": "system", "content": ARITHMETIC_SYSTEM},
+                                          {"role": "user", "content": f"What is {a} {op} {b}?"}],
+                             "answer": str(c), "solution": f"{a} {op} {b} = {c}."})
+    rows.sort(key=lambda r: hashlib.sha256(f"{seed}:{r['solution']}".encode()).hexdigest())
+    return rows[:limit]
+
+
+def arithmetic_conversations(limit: int = 4000, seed: int = 0, max_operand: int = 49) -> list[list[dict]]:
+    return [r["messages"] + [{"role": "assistant", "content": r["solution"]}]
+            for r in arithmetic(limit, seed, max_operand)]
+
+
+def arithmetic_preferences(limit: int = 4000, seed: int = 0, max_operand: int = 49) -> list[dict]:
+    """The worked solution against the same sum with a result off by one to ten."""
+    out = []
+    for r in arithmetic(limit, seed, max_operand):
+        c = int(r["answer"])
+        off = 1 + int(hashlib.sha256(r["solution"].encode()).hexdigest()[:4], 16) % 10
+        wrong = r["solution"].rsplit("=", 1)[0] + f"= {c + off if c < off or off % 2 else c - off}."
+        out.append({"messages": r["messages"], "chosen": r["solution"], "rejected": wrong})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ tasks (grpo)
+def load_tasks(path: Path) -> list[dict]:
+    """A jsonl file with one `{"messages": [...prompt...], "answer": str}` per line."""
+    out = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if not (isinstance(row, dict) and isinstance(row.get("messages"), list)
+                and isinstance(row.get("answer"), (str, int, float))):
+            raise ValueError(f"{path}:{n}: expected {{\"messages\": [...], \"answer\": str}}")
+        out.append({"messages": row["messages"], "answer": str(row["answer"])})
+    return out
+
+
+class PromptTasks:
+    """Prompts rendered for generation (the chat template with the assistant header) and their answers, for
+    online RL: the loader hands out prompt indices, the trainer samples completions and scores them."""
+
+    def __init__(self, tokenizer_dir: Path, rows: list[dict], max_prompt_len: int):
+        tok = _hf_tokenizer(str(tokenizer_dir))
+        self.tokenizer_dir = Path(tokenizer_dir)
+        self.prompts = [np.asarray(tok(render(tokenizer_dir, r["messages"], add_generation_prompt=True),
+                                       add_special_tokens=False)["input_ids"][-max_prompt_len:], dtype=np.int64)
+                        for r in rows]
+        self.answers = [r["answer"] for r in rows]
+        end = tok.convert_tokens_to_ids("<|im_end|>")
+        self.eos_id = end if isinstance(end, int) and end != tok.unk_token_id else tok.eos_token_id
+        self.window = max_prompt_len + 1
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def make_batch(self, idx) -> dict[str, np.ndarray]:
+        return {"windows": np.asarray(idx)}
+
+    def decode(self, ids) -> str:
+        return _hf_tokenizer(str(self.tokenizer_dir)).decode(list(ids), skip_special_tokens=True)
 
 
 def load_preferences(path: Path) -> list[dict]:

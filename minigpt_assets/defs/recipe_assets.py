@@ -26,16 +26,20 @@ OBSERVED: dict[str, tuple[str, Callable[[Catalog, str], str], str]] = {
     "experiment_recipe": ("experiments", Catalog.experiment_hash,
                           "recipes/experiments/<experiment>.yaml with its model recipe inlined, as a content hash"),
 }
+# experiment_recipe is partitioned like the training assets (experiment x mixture, the same version for every
+# mixture): Dagster maps a multi-partitioned asset onto a single-dimension parent only when that dimension is
+# the parent's whole partition set, and sft/aligned models exist only for the experiments that have those stages.
 PARTITIONS = {"source_recipe": "sources", "classifier_recipe": "classifiers", "dedup_recipe": "dedup_groups",
-              "tokenizer_recipe": "tokenizers", "mixture_recipe": "mixtures", "experiment_recipe": "experiments"}
+              "tokenizer_recipe": "tokenizers", "mixture_recipe": "mixtures", "experiment_recipe": "training"}
 
 
 def recipe_versions(cat: Catalog, asset: str, keys: list[str]) -> dict[str, str]:
     kind, hasher, _ = OBSERVED[asset]
-    return {k: hasher(cat, k)[:16] for k in keys if k in getattr(cat, kind)}
+    names = {k: k.split("|", 1)[0] if asset == "experiment_recipe" else k for k in keys}
+    return {k: hasher(cat, n)[:16] for k, n in names.items() if n in getattr(cat, kind)}
 
 
-def _observable(name: str, partitions: dg.StaticPartitionsDefinition):
+def _observable(name: str, partitions: dg.PartitionsDefinition):
     @dg.observable_source_asset(name=name, partitions_def=partitions, group_name="recipes",
                                 description=OBSERVED[name][2], automation_condition=OBSERVE_RECIPES)
     def _observe(project: ProjectResource) -> dg.DataVersionsByPartition:

@@ -1,5 +1,6 @@
-"""Training assets, partitioned by experiment x mixture: pretrained_model -> sft_model -> aligned_model. Each runs
-its stage through Dagster Pipes (a subprocess or torchrun that streams metrics back) and publishes a checkpoint."""
+"""Training assets, partitioned by experiment x mixture: pretrained_model (pretrain) -> sft_model (sft, lora or
+distill) -> aligned_model (dpo or grpo). Each runs its experiment's stage through Dagster Pipes (a subprocess or
+torchrun that streams metrics back) and publishes a checkpoint."""
 
 import base64
 from pathlib import Path
@@ -12,6 +13,7 @@ from minigpt_assets.defs.mixtures import ASSET as MIXTURE_ASSET
 from minigpt_assets.defs.partitions import Partitions
 from minigpt_assets.defs.resources import ProjectResource
 from minigpt_assets.recipes import Catalog
+from minigpt_assets.training.config import STAGE_SLOTS
 from minigpt_assets.training.pipeline import train_stage
 
 ASSET = "pretrained_model"
@@ -28,10 +30,10 @@ def split_training_key(key) -> tuple[str, str]:
     return exp, mix
 
 
-def _stage_partitions(cat: Catalog, parts: Partitions, kind: str) -> dg.MultiPartitionsDefinition | None:
-    """experiment x mixture for the experiments that have a stage of this kind."""
+def _stage_partitions(cat: Catalog, parts: Partitions, slot: int) -> dg.MultiPartitionsDefinition | None:
+    """experiment x mixture for the experiments that have a stage in this slot of the chain."""
     exps = sorted(e for e in parts.experiments.get_partition_keys()
-                  if any(st.kind == kind for st in cat.experiments[e].stages)) if parts.experiments else []
+                  if len(cat.experiments[e].stages) > slot) if parts.experiments else []
     if not exps or parts.mixtures is None:
         return None
     return dg.MultiPartitionsDefinition({"experiment": dg.StaticPartitionsDefinition(exps),
@@ -43,14 +45,14 @@ SAME_RUN = dg.MultiPartitionMapping({
     "mixture": dg.DimensionPartitionMapping("mixture", dg.IdentityPartitionMapping())})
 
 
-def _stage_asset(name: str, kind: str, pdef: dg.MultiPartitionsDefinition, deps: list, doc: str):
+def _stage_asset(name: str, slot: int, pdef: dg.MultiPartitionsDefinition, deps: list, doc: str):
     @dg.asset(name=name, partitions_def=pdef, deps=deps, group_name="training", code_version=f"{name}-v1",
               automation_condition=ON_DATA_OR_CODE_CHANGE, kinds={"pytorch"}, pool="training", description=doc)
     def _asset(context: dg.AssetExecutionContext, project: ProjectResource,
                pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
         experiment, mixture = split_training_key(context.partition_key)
         cat = project.catalog()
-        stage = next(st.stage_name for st in cat.experiments[experiment].stages if st.kind == kind)
+        stage = cat.experiments[experiment].stages[slot].stage_name
 
         def launch(command: list[str], _log: Path) -> int:
             pipes.run(context=context, command=command)  # torchrun passes the Pipes env on; rank 0 reports
@@ -64,7 +66,8 @@ def _stage_asset(name: str, kind: str, pdef: dg.MultiPartitionsDefinition, deps:
             "loss_curve": dg.MetadataValue.md(f"![loss](data:image/png;base64,{base64.b64encode(png).decode()})"),
             "run_dir": dg.MetadataValue.path(str(out.run_dir)),
         })
-        for k in ("first_loss", "final_loss", "first_val_loss", "final_val_loss"):
+        for k in ("first_loss", "final_loss", "first_val_loss", "final_val_loss", "first_val_reward",
+                  "final_val_reward"):
             if s.get(k) is not None:
                 md[k] = dg.MetadataValue.float(float(s[k]))
         md["bad_steps"] = dg.MetadataValue.int(int(s["bad_steps"]))
@@ -73,7 +76,8 @@ def _stage_asset(name: str, kind: str, pdef: dg.MultiPartitionsDefinition, deps:
         return dg.MaterializeResult(data_version=dg.DataVersion(weights[:16]), metadata=md)
 
     @dg.asset_check(asset=_asset, name="loss_decreased", blocking=True,
-                    description="the final training loss is below the first one, and no step was skipped")
+                    description="the final training loss is below the first one (grpo: the held-out reward did not "
+                                "fall), and no step was skipped")
     def loss_decreased(context: dg.AssetCheckExecutionContext, project: ProjectResource) -> dg.AssetCheckResult:
         import json
 
@@ -82,9 +86,14 @@ def _stage_asset(name: str, kind: str, pdef: dg.MultiPartitionsDefinition, deps:
         experiment, mixture = split_training_key(context.partition_key)
         art = project.store().require(name, stage_partition(experiment, mixture))
         s = json.loads((art.path / "training.json").read_text())
-        ok = s["final_loss"] is not None and s["final_loss"] < s["first_loss"] and s["bad_steps"] == 0
-        return dg.AssetCheckResult(passed=bool(ok), metadata={k: s[k] for k in ("first_loss", "final_loss",
-                                                                                   "bad_steps") if s[k] is not None})
+        if s.get("final_val_reward") is not None:  # grpo: its loss is not a quantity that should fall
+            ok = s["final_val_reward"] >= s["first_val_reward"]
+            keys = ("first_val_reward", "final_val_reward", "bad_steps")
+        else:
+            ok = s["final_loss"] is not None and s["final_loss"] < s["first_loss"]
+            keys = ("first_loss", "final_loss", "bad_steps")
+        ok = ok and s["bad_steps"] == 0
+        return dg.AssetCheckResult(passed=bool(ok), metadata={k: s[k] for k in keys if s.get(k) is not None})
 
     return [_asset, loss_decreased]
 
@@ -92,18 +101,19 @@ def _stage_asset(name: str, kind: str, pdef: dg.MultiPartitionsDefinition, deps:
 def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
     if parts.training is None or "experiment_recipe" not in recipe_assets:
         return []
-    recipe = dg.AssetDep(recipe_assets["experiment_recipe"],
-                         partition_mapping=dg.MultiToSingleDimensionPartitionMapping("experiment"))
-    out = _stage_asset(ASSET, "pretrain", parts.training,
+    recipe = dg.AssetDep(recipe_assets["experiment_recipe"], partition_mapping=SAME_RUN)
+    out = _stage_asset(ASSET, 0, parts.training,
                        [dg.AssetDep(MIXTURE_ASSET, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("mixture")),
                         recipe],
                        "Pretrain the experiment's model on the mixture (resuming the same run if interrupted).")
-    sft = _stage_partitions(cat, parts, "sft")
+    sft = _stage_partitions(cat, parts, 1)
     if sft is not None:
-        out += _stage_asset(SFT_ASSET, "sft", sft, [dg.AssetDep(ASSET, partition_mapping=SAME_RUN), recipe],
-                            "Fine-tune the pretrained model on the stage's conversations (loss on answers only).")
-    dpo = _stage_partitions(cat, parts, "dpo")
-    if dpo is not None:  # experiments order their stages pretrain -> sft -> dpo
-        out += _stage_asset(ALIGNED_ASSET, "dpo", dpo, [dg.AssetDep(SFT_ASSET, partition_mapping=SAME_RUN), recipe],
-                            "Align the SFT model on preference pairs with DPO (or IPO) against its frozen copy.")
+        out += _stage_asset(SFT_ASSET, 1, sft, [dg.AssetDep(ASSET, partition_mapping=SAME_RUN), recipe],
+                            "Fine-tune the pretrained model (sft, LoRA adapters merged into the weights, or "
+                            "distillation from a teacher).")
+    aligned = _stage_partitions(cat, parts, 2)
+    if aligned is not None:  # experiments order their stages pretrain -> sft|lora|distill -> dpo|grpo
+        out += _stage_asset(ALIGNED_ASSET, 2, aligned, [dg.AssetDep(SFT_ASSET, partition_mapping=SAME_RUN), recipe],
+                            "Align the fine-tuned model: DPO/IPO on preference pairs, or GRPO with a rule-based "
+                            "reward, against its frozen copy.")
     return out

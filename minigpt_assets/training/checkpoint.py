@@ -72,16 +72,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(root: Path, step: int, model, model_state: dict[str, torch.Tensor], optim_state: dict,
-                    trainer_state: dict, keep_last: int, hook: Callable[[str], None] | None = None) -> Path:
+                    trainer_state: dict, keep_last: int, hook: Callable[[str], None] | None = None,
+                    extra: Callable[[Path], None] | None = None) -> Path:
     """Write checkpoint `step` under root (staged, renamed), then drop all but the newest `keep_last`.
 
-    `hook(point)` is called between the files (tests kill the process there)."""
+    `extra(folder)` writes more files (a LoRA adapter); `hook(point)` is called between the files (tests kill
+    the process there)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = root / f"step-{step:08d}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     write_model_files(model, tmp, metadata={"step": step}, state_dict=model_state)
+    if extra:
+        extra(tmp)
     if hook:
         hook("weights")
     torch.save(optim_state, tmp / "optimizer.pt")
@@ -89,7 +93,9 @@ def save_checkpoint(root: Path, step: int, model, model_state: dict[str, torch.T
     (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "step": step}, indent=2) + "\n")
     if hook:
         hook("before_rename")
-    for f in tmp.iterdir():  # durable before it becomes visible
+    for f in tmp.rglob("*"):  # durable before it becomes visible
+        if not f.is_file():
+            continue
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     if final.exists():

@@ -29,12 +29,19 @@ class OptimConfig(_Strict):
 
 
 class ChatData(_Strict):
-    """Conversations for SFT (jsonl rows {"messages": [...]}) or preference pairs for DPO (jsonl rows
-    {"messages": [...prompt...], "chosen": str, "rejected": str}); `builtin: python_qa` is the offline demo set
-    (for DPO: the right answer against the answer to another question)."""
+    """The data of a post-training stage, one jsonl row per example:
+    - sft, lora, distill: conversations `{"messages": [{"role": ..., "content": ...}, ...]}`;
+    - dpo: preference pairs `{"messages": [...prompt...], "chosen": str, "rejected": str}`;
+    - grpo: tasks with a checkable answer `{"messages": [...prompt...], "answer": str}`.
+    Offline demo sets (`kind: builtin`): `python_qa` (stdlib docstring questions; for dpo the rejected answer is
+    the answer to another question, or with `preference: repetition` the right answer stuck in a loop) and
+    `arithmetic` (generated sums and differences; for sft worked answers, for grpo tasks, for dpo a wrong
+    result as the rejected answer)."""
 
     kind: Literal["builtin", "jsonl"] = "builtin"
-    name: Literal["python_qa"] | None = "python_qa"
+    name: Literal["python_qa", "arithmetic"] | None = "python_qa"
+    preference: Literal["other_answer", "repetition"] = "other_answer"  # builtin python_qa pairs for dpo
+    max_operand: int = Field(20, ge=1, le=999)  # builtin arithmetic: operands from 0 to this
     location: str | None = None
     limit: int = Field(4000, gt=0)
     validation_fraction: float = Field(0.05, ge=0, lt=1)
@@ -55,14 +62,65 @@ class DPOConfig(_Strict):
     loss: Literal["sigmoid", "ipo"] = "sigmoid"
 
 
-class StageConfig(_Strict):
-    """One training stage. `batch_size` is global (sequences per optimizer step, over all ranks);
-    `micro_batch_size` is per rank and forward pass, the rest is gradient accumulation."""
+class LoraConfig(_Strict):
+    """Low-rank adapters (peft) on the named linear layers; the base weights stay frozen. Checkpoints and the
+    published model hold the merged weights, and the adapter alone in peft's format (`adapter/`)."""
 
-    kind: Literal["pretrain", "sft", "dpo"] = "pretrain"
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                               "up_proj", "down_proj"], min_length=1)
+    rslora: bool = False  # scale by alpha/sqrt(r) instead of alpha/r
+
+
+class DistillConfig(_Strict):
+    """Knowledge distillation: KL(teacher || student) on softened logits (x temperature^2, as Hinton et al.),
+    mixed with the plain next-token loss as `alpha`·KL + (1 - alpha)·CE. The teacher is a model folder (ours,
+    a Hugging Face folder or a MiniMind .pth) or the published result of another experiment on the same
+    mixture (its last stage, or `teacher_stage`). It must share the student's tokenizer."""
+
+    teacher_path: str | None = None
+    teacher_experiment: str | None = None
+    teacher_stage: str | None = None
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> "DistillConfig":
+        if (self.teacher_path is None) == (self.teacher_experiment is None):
+            raise ValueError("a distill stage names its teacher by exactly one of teacher_path or teacher_experiment")
+        return self
+
+
+class GRPOConfig(_Strict):
+    """Group-relative policy optimization (Shao et al., DeepSeekMath): for each prompt sample `group_size`
+    answers, reward each with a rule, normalize the rewards within the group as advantages, and maximize
+    them with a per-token KL penalty (k3 estimator) to the frozen starting model. One policy update per
+    batch of rollouts, so the PPO ratio is 1 in value and only its gradient counts."""
+
+    group_size: int = Field(8, ge=2)
+    max_new_tokens: int = Field(32, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_k: int | None = Field(None, gt=0)
+    beta: float = Field(0.04, ge=0)
+    reward: Literal["number_match"] = "number_match"  # 1 if the last number of the answer equals the task's
+
+
+STAGE_SLOTS = {"pretrain": 0, "sft": 1, "lora": 1, "distill": 1, "dpo": 2, "grpo": 2}
+
+
+class StageConfig(_Strict):
+    """One training stage. `batch_size` is global (sequences per optimizer step, over all ranks; for grpo,
+    prompts); `micro_batch_size` is per rank and forward pass, the rest is gradient accumulation."""
+
+    kind: Literal["pretrain", "sft", "lora", "distill", "dpo", "grpo"] = "pretrain"
     name: str | None = None
-    chat: ChatData | None = None  # sft: the conversations (loss on assistant tokens only); dpo: the preferences
+    chat: ChatData | None = None  # the stage's data (see ChatData); distill without it uses the mixture
     dpo: DPOConfig = DPOConfig()
+    lora: LoraConfig | None = None  # adapters instead of full fine-tuning (implied by kind: lora)
+    distill: DistillConfig | None = None
+    grpo: GRPOConfig = GRPOConfig()
     max_steps: int = Field(100, gt=0)
     batch_size: int = Field(16, gt=0)
     micro_batch_size: int | None = Field(None, gt=0)
@@ -83,10 +141,22 @@ class StageConfig(_Strict):
     def stage_name(self) -> str:
         return self.name or self.kind
 
+    @property
+    def adapters(self) -> LoraConfig | None:
+        """The LoRA settings this stage trains with, if any."""
+        return self.lora or (LoraConfig() if self.kind == "lora" else None)
+
     @model_validator(mode="after")
     def _check(self) -> "StageConfig":
-        if self.kind in ("sft", "dpo") and self.chat is None:
-            raise ValueError(f"an {self.kind} stage needs `chat:` (e.g. {{kind: builtin, name: python_qa}})")
+        if self.kind in ("sft", "lora", "dpo", "grpo") and self.chat is None:
+            example = "arithmetic" if self.kind == "grpo" else "python_qa"
+            raise ValueError(f"a {self.kind} stage needs `chat:` (e.g. {{kind: builtin, name: {example}}})")
+        if self.kind == "distill" and self.distill is None:
+            raise ValueError("a distill stage needs `distill:` with teacher_path or teacher_experiment")
+        if self.kind == "pretrain" and self.lora is not None:
+            raise ValueError("`lora:` adapts a trained model; it does not apply to pretraining")
+        if self.kind == "grpo" and self.chat is not None and self.chat.kind == "builtin" and self.chat.name != "arithmetic":
+            raise ValueError(f"grpo needs tasks with checkable answers; builtin {self.chat.name} has none (use arithmetic)")
         mb = self.micro_batch_size or self.batch_size
         if self.batch_size % mb:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({mb})")
@@ -102,9 +172,9 @@ class ExperimentRecipe(_Strict):
     @model_validator(mode="after")
     def _unique_stage_names(self) -> "ExperimentRecipe":
         kinds = [s.kind for s in self.stages]
-        if kinds not in (["pretrain"], ["pretrain", "sft"], ["pretrain", "sft", "dpo"]):
-            raise ValueError(f"stages must be pretrain, then optionally sft, then optionally dpo (got {', '.join(kinds)});"
-                             " each starts from the one before")
+        if [STAGE_SLOTS[k] for k in kinds] != list(range(len(kinds))):
+            raise ValueError("stages must be pretrain, then optionally one of sft, lora or distill, then optionally "
+                             f"one of dpo or grpo (got {', '.join(kinds)}); each starts from the one before")
         names = [s.stage_name for s in self.stages]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

@@ -23,11 +23,13 @@ from typing import Callable
 from minigpt_assets.recipes import Catalog
 from minigpt_assets.settings import TrainingProfile, load_profile
 from minigpt_assets.store import Artifact, ArtifactStore, StatsDB
-from minigpt_assets.training.config import StageConfig
+from minigpt_assets.training.config import STAGE_SLOTS, StageConfig
 
-STAGE_ASSETS = {"pretrain": "pretrained_model", "sft": "sft_model", "dpo": "aligned_model"}
+SLOT_ASSETS = ("pretrained_model", "sft_model", "aligned_model")  # by STAGE_SLOTS: pretrain; sft|lora|distill; dpo|grpo
+STAGE_ASSETS = {kind: SLOT_ASSETS[slot] for kind, slot in STAGE_SLOTS.items()}
 MIXTURE_ASSET, TOKENIZER_ASSET = "mixture", "tokenizer"
 
+OBJECTIVE_METRICS = ("reward_accuracy", "val_reward_accuracy", "reward", "val_reward", "kl")
 Launcher = Callable[[list[str], Path], int]  # (command, log file) -> exit code
 
 
@@ -122,7 +124,8 @@ def metrics_rows(run_dir: Path, mixture: str, experiment: str) -> list[dict]:
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
     return [{"mixture": mixture, "experiment": experiment, "stage": r.get("stage"), "step": r["step"],
              "loss": r.get("loss"), "val_loss": r.get("val_loss"), "lr": r.get("lr"), "grad_norm": r.get("grad_norm"),
-             "tokens": r.get("tokens"), "tokens_per_s": r.get("tokens_per_s"), "skipped": r.get("skipped")}
+             "tokens": r.get("tokens"), "tokens_per_s": r.get("tokens_per_s"), "skipped": r.get("skipped"),
+             **{k: r.get(k) for k in OBJECTIVE_METRICS}}
             for r in rows]
 
 
@@ -137,8 +140,6 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
         raise PipelineError(f"unknown mixture {mixture!r} (known: {', '.join(sorted(cat.mixtures))})")
     exp = cat.experiments[experiment]
     index, st = find_stage(cat, experiment, stage)
-    if st.kind not in STAGE_ASSETS:
-        raise PipelineError(f"stage kind {st.kind!r} is not supported yet")
     if checkpoint_every:
         st = st.model_copy(update={"checkpoint_every": checkpoint_every})
     store = ArtifactStore(home)
@@ -159,17 +160,20 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
     if index > 0:  # later stages start from the previous stage's published checkpoint
         prev = exp.stages[index - 1]
         init = store.require(STAGE_ASSETS[prev.kind], stage_partition(experiment, mixture))
-    if st.kind in ("sft", "dpo"):
+    if st.chat is not None:
         chat_len = st.chat.seq_len or seq_len
         if chat_len > model_cfg.max_seq_len:
             raise PipelineError(f"recipes/experiments/{experiment}.yaml: stages.{index}.chat.seq_len: {chat_len} is "
                                 f"longer than the model's max_seq_len ({model_cfg.max_seq_len})")
-        data = {"kind": "chat" if st.kind == "sft" else "preferences", "chat": st.chat.model_dump(mode="json"),
-                "tokenizer": str(tok_art.path), "seq_len": chat_len}
+        kind = {"dpo": "preferences", "grpo": "tasks"}.get(st.kind, "chat")
+        data = {"kind": kind, "chat": st.chat.model_dump(mode="json"), "tokenizer": str(tok_art.path),
+                "seq_len": chat_len, "max_prompt_len": max(8, chat_len - st.grpo.max_new_tokens)}
+    teacher = resolve_teacher(store, cat, st, mixture, experiment, index) if st.kind == "distill" else None
     # what this stage's result depends on (not the later stages: adding an SFT stage keeps the pretraining run)
     key = hashlib.sha256(json.dumps({"model": model_cfg.model_dump(mode="json", exclude={"description"}),
                                      "stage": st.model_dump(mode="json"), "index": index,
-                                     "mixture": mix_art.version, "init": init.version if init else None},
+                                     "mixture": mix_art.version, "init": init.version if init else None,
+                                     **({"teacher": teacher[1]} if teacher else {})},
                                     sort_keys=True).encode()).hexdigest()[:12]
     run_dir = Path(home) / "runs" / experiment / mixture / f"{st.stage_name}-{key}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +185,10 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
     profile = profile or load_profile(exp.compute).training
     spec = {"model": model_cfg.model_dump(mode="json"), "stage": st.model_dump(mode="json"), "run_dir": str(run_dir),
             "data": data, "max_steps": max_steps, "init_weights": str(init.path) if init else None,
-            "device": device or profile.device, "resume": resume, "strategy": profile.strategy}
+            "teacher": str(teacher[0]) if teacher else None,
+            "device": device or profile.device, "resume": resume, "strategy": profile.strategy,
+            "wandb": {**profile.wandb.model_dump(), "name": f"{experiment}/{mixture}/{st.stage_name}",
+                      "group": f"{experiment}/{mixture}", "id": f"{experiment}-{mixture}-{st.stage_name}-{key}"}}
     spec_path = run_dir / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=2) + "\n")
     code = launch(launch_command(profile, spec_path), run_dir / "train.log")
@@ -190,6 +197,33 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
         raise PipelineError(f"training {experiment}/{mixture}/{st.stage_name} failed (exit {code})"
                             + (f": {tail[0]}" if tail else "") + f"; log: {run_dir / 'train.log'}")
     return publish_stage(store, run_dir, mixture, experiment, st, tok_art.path)
+
+
+def resolve_teacher(store: ArtifactStore, cat: Catalog, st: StageConfig, mixture: str, experiment: str,
+                    index: int) -> tuple[Path, str]:
+    """(folder, version) of a distill stage's teacher: a model folder, or another experiment's published
+    stage on the same mixture (its last stage unless `teacher_stage` names one)."""
+    d = st.distill
+    where = f"recipes/experiments/{experiment}.yaml: stages.{index}.distill"
+    if d.teacher_path:
+        path = Path(os.path.expandvars(d.teacher_path)).expanduser()
+        if not path.exists():
+            raise PipelineError(f"{where}.teacher_path: {path} does not exist")
+        version = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(path.glob("*.safetensors"))
+                                          or ([path] if path.is_file() else []))).hexdigest()[:16]
+        return path, version
+    name = d.teacher_experiment
+    if name not in cat.experiments:
+        raise PipelineError(f"{where}.teacher_experiment: unknown experiment {name!r}")
+    stages = cat.experiments[name].stages
+    chosen = stages[-1] if d.teacher_stage is None else next((s for s in stages if s.stage_name == d.teacher_stage), None)
+    if chosen is None:
+        raise PipelineError(f"{where}.teacher_stage: experiment {name!r} has no stage {d.teacher_stage!r}")
+    art = store.current(STAGE_ASSETS[chosen.kind], stage_partition(name, mixture))
+    if art is None:
+        raise PipelineError(f"{where}: the teacher {name}/{chosen.stage_name} on {mixture} is not trained yet "
+                            f"(run `minigpt train --experiment {name} --mixture {mixture} --stage {chosen.stage_name}`)")
+    return art.path, art.version
 
 
 def publish_stage(store: ArtifactStore, run_dir: Path, mixture: str, experiment: str, st: StageConfig,
@@ -205,14 +239,19 @@ def publish_stage(store: ArtifactStore, run_dir: Path, mixture: str, experiment:
     StatsDB(store.root).write("training_metrics", f"{experiment}+{mixture}+{st.stage_name}", rows)
     losses = [r["loss"] for r in rows if r["loss"] is not None and not r["skipped"]]
     vals = [r["val_loss"] for r in rows if r["val_loss"] is not None]
+    rewards = [r["val_reward"] for r in rows if r["val_reward"] is not None]
     trainer = json.loads((last / "trainer.json").read_text())
     summary = {"steps": trainer["step"], "tokens": trainer["tokens"], "bad_steps": trainer["bad_steps"],
                "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
                "first_val_loss": vals[0] if vals else None, "final_val_loss": vals[-1] if vals else None,
                "max_steps": st.max_steps, "complete": trainer["step"] >= st.max_steps}
+    if rewards:  # grpo: greedy reward on held-out tasks
+        summary.update(first_val_reward=rewards[0], final_val_reward=rewards[-1])
     with store.stage(STAGE_ASSETS[st.kind], stage_partition(experiment, mixture)) as stg:
         for name in ("model_config.json", "model.safetensors"):
             shutil.copy2(last / name, stg.path / name)
+        if (last / "adapter").is_dir():  # LoRA: the weights above are merged; the adapter alone, peft format
+            shutil.copytree(last / "adapter", stg.path / "adapter")
         for f in tokenizer_dir.iterdir():
             if f.is_file() and f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
                 shutil.copy2(f, stg.path / f.name)

@@ -1,9 +1,10 @@
 """`python -m minigpt_assets.training.run SPEC.json`: one training stage in this process (or under torchrun).
 
 SPEC is JSON: {"model": {model recipe fields}, "stage": {stage fields}, "run_dir": "...",
-"data": {"kind": "mixture", "path": MIXTURE_ARTIFACT} | {"kind": "array", "path": "x.npy", "seq_len": N, "eos": E},
+"data": {"kind": "mixture", "path": MIXTURE_ARTIFACT} | {"kind": "array", "path": "x.npy", "seq_len": N, "eos": E}
+| {"kind": "chat" | "preferences" | "tasks", "chat": {ChatData fields}, "tokenizer": dir, ...},
 "max_steps": optional int, "device": optional str, "init_weights": optional checkpoint folder,
-"strategy": "none" | "ddp" | "fsdp"}. Under `torchrun` (WORLD_SIZE > 1) it joins the process group (gloo on CPU,
+"teacher": optional model folder (distill), "strategy": "none" | "ddp" | "fsdp"}. Under `torchrun` (WORLD_SIZE > 1) it joins the process group (gloo on CPU,
 NCCL on GPUs) and each rank trains its share of every global batch. Rank 0 prints `RESULT {json}` last.
 """
 
@@ -37,6 +38,8 @@ def open_data(spec: dict):
         return open_chat(spec)
     if spec["kind"] == "preferences":
         return open_preferences(spec)
+    if spec["kind"] == "tasks":
+        return open_tasks(spec)
     raise ValueError(f"unknown data kind {spec['kind']!r}")
 
 
@@ -53,11 +56,17 @@ def _split(rows: list, fraction: float) -> tuple[list, list]:
 
 def open_preferences(spec: dict):
     """(train, validation) PreferencePairs from {"chat": ChatData fields, "tokenizer": dir, "seq_len": N}."""
-    from minigpt_assets.data.chat import PreferencePairs, encode_preference, load_preferences, python_qa_preferences
+    from minigpt_assets.data.chat import (PreferencePairs, arithmetic_preferences, encode_preference,
+                                          load_preferences, python_qa_preferences)
     from minigpt_assets.training.config import ChatData
 
     chat = ChatData.model_validate(spec["chat"])
-    rows = python_qa_preferences(chat.limit) if chat.kind == "builtin" else load_preferences(Path(chat.location))
+    if chat.kind == "jsonl":
+        rows = load_preferences(Path(chat.location))
+    elif chat.name == "arithmetic":
+        rows = arithmetic_preferences(chat.limit, max_operand=chat.max_operand)
+    else:
+        rows = python_qa_preferences(chat.limit, rejected=chat.preference)
     train, val = _split(rows[:chat.limit], chat.validation_fraction)
     tok, pad = Path(spec["tokenizer"]), int(spec.get("pad_id", 0))
     enc = lambda rs: PreferencePairs([encode_preference(tok, r) for r in rs], spec["seq_len"], pad)  # noqa: E731
@@ -67,15 +76,34 @@ def open_preferences(spec: dict):
 def open_chat(spec: dict):
     """(train, validation) PackedChat from a chat data spec: {"chat": ChatData fields, "tokenizer": dir,
     "seq_len": N}; the split is by a hash of the conversation, so it does not depend on the order."""
-    from minigpt_assets.data.chat import PackedChat, encode_conversation, load_conversations, python_qa
+    from minigpt_assets.data.chat import (PackedChat, arithmetic_conversations, encode_conversation,
+                                          load_conversations, python_qa)
     from minigpt_assets.training.config import ChatData
 
     chat = ChatData.model_validate(spec["chat"])
-    convs = python_qa(chat.limit) if chat.kind == "builtin" else load_conversations(Path(chat.location))[:chat.limit]
+    if chat.kind == "jsonl":
+        convs = load_conversations(Path(chat.location))[:chat.limit]
+    else:
+        convs = (arithmetic_conversations(chat.limit, max_operand=chat.max_operand) if chat.name == "arithmetic"
+                 else python_qa(chat.limit))
     train, val = _split(convs, chat.validation_fraction)
     tok, pad = Path(spec["tokenizer"]), int(spec.get("pad_id", 0))
     enc = lambda cs: PackedChat([encode_conversation(tok, c) for c in cs], spec["seq_len"], pad)  # noqa: E731
     return enc(train), (enc(val) if val else None)
+
+
+def open_tasks(spec: dict):
+    """(train, validation) PromptTasks (prompts with checkable answers) for grpo: {"chat": ChatData fields,
+    "tokenizer": dir, "max_prompt_len": N}."""
+    from minigpt_assets.data.chat import PromptTasks, arithmetic, load_tasks
+    from minigpt_assets.training.config import ChatData
+
+    chat = ChatData.model_validate(spec["chat"])
+    rows = arithmetic(chat.limit, max_operand=chat.max_operand) if chat.kind == "builtin" else load_tasks(Path(chat.location))[:chat.limit]
+    train, val = _split(rows, chat.validation_fraction)
+    tok = Path(spec["tokenizer"])
+    return PromptTasks(tok, train, spec["max_prompt_len"]), (PromptTasks(tok, val, spec["max_prompt_len"])
+                                                             if val else None)
 
 
 def _pipes():
@@ -94,10 +122,34 @@ def _pipes():
     return contextlib.nullcontext()
 
 
-def _reporter(pipes):
-    """Stream each metrics row to Dagster (a log line and a custom message), or print it when run by hand."""
+def _wandb(spec: dict):
+    """A W&B run for this stage (rank 0), or None. Offline unless the profile or WANDB_MODE says otherwise; the
+    run id is the stage's run key, so a resumed stage continues the same W&B run."""
+    import os
+
+    cfg = spec.get("wandb") or {}
+    mode = os.environ.get("WANDB_MODE") or cfg.get("mode", "offline")
+    if mode == "disabled" or os.environ.get("RANK", "0") != "0":
+        return None
+    try:
+        import wandb
+    except ImportError:
+        print("wandb is not installed; metrics go to metrics.jsonl and DuckDB only", file=sys.stderr)
+        return None
+    return wandb.init(project=cfg.get("project", "minigpt-assets"), entity=cfg.get("entity"), mode=mode,
+                      name=cfg.get("name"), group=cfg.get("group"), id=cfg.get("id"), resume="allow",
+                      dir=spec["run_dir"], config={"model": spec["model"], "stage": spec["stage"]},
+                      settings=wandb.Settings(console="off", silent=True, disable_git=True, save_code=False,
+                                              x_disable_stats=True, x_disable_machine_info=True))
+
+
+def _reporter(pipes, wandb_run=None):
+    """Stream each metrics row to Dagster (a log line and a custom message) or stdout, and to W&B."""
 
     def report(row: dict) -> None:
+        if wandb_run is not None:
+            wandb_run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None
+                           and k != "step"}, step=int(row["step"]))
         if "loss" in row:
             msg = (f"step {row['step']}: loss {row['loss']:.4f} lr {row['lr']:.2e} grad_norm {row['grad_norm']:.3f} "
                    f"{row['tokens_per_s']:,.0f} tok/s")
@@ -139,15 +191,19 @@ def run(spec: dict) -> dict:
 
     rank, world, device = _distributed(spec)
     train, val = open_data(spec["data"])
+    wandb_run = _wandb(spec) if rank == 0 else None
     try:
         with _pipes() as pipes:
             trainer = Trainer(make_config(spec["model"]), StageConfig.model_validate(spec["stage"]), train,
                               Path(spec["run_dir"]), val=val, device=device,
                               init_weights=Path(spec["init_weights"]) if spec.get("init_weights") else None,
-                              hook=kill_hook_from_env(), on_metrics=_reporter(pipes) if rank == 0 else None,
-                              rank=rank, world_size=world, strategy=spec.get("strategy", "none"))
+                              hook=kill_hook_from_env(), on_metrics=_reporter(pipes, wandb_run) if rank == 0 else None,
+                              rank=rank, world_size=world, strategy=spec.get("strategy", "none"),
+                              teacher=Path(spec["teacher"]) if spec.get("teacher") else None)
             return _fit(trainer, spec)
     finally:
+        if wandb_run is not None:
+            wandb_run.finish()
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

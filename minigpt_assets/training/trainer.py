@@ -17,12 +17,28 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+import xxhash
 
 from minigpt_assets.data.loader import PackedLoader, make_batch
 from minigpt_assets.models.config import ModelConfig
 from minigpt_assets.models.registry import build_model
 from minigpt_assets.training import checkpoint as ckpt
 from minigpt_assets.training.config import OptimConfig, StageConfig
+
+
+STAGE_METRICS = ("reward_accuracy", "reward_margin", "reward", "kl", "completion_tokens")
+
+
+def distill_kl(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean over trained positions (labels != -100) of KL(teacher_T || student_T) x T^2, on the shared
+    vocabulary (the first V ids of both, V the student's size)."""
+    v = student.shape[-1]
+    t = temperature
+    s_logp = torch.log_softmax(student.float() / t, dim=-1)
+    t_logp = torch.log_softmax(teacher[..., :v].float() / t, dim=-1)
+    kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)
+    keep = labels != -100
+    return (kl * keep).sum() / keep.sum().clamp(min=1) * t * t
 
 
 class TrainingError(RuntimeError):
@@ -73,7 +89,7 @@ class Trainer:
     def __init__(self, model_cfg: ModelConfig, stage: StageConfig, train, run_dir: Path, val=None,
                  device: str | None = None, init_weights: Path | None = None, rank: int = 0, world_size: int = 1,
                  on_metrics: Callable[[dict], None] | None = None, hook: Callable[[str, int], None] | None = None,
-                 strategy: str = "none"):
+                 strategy: str = "none", teacher: Path | None = None):
         if strategy not in ("none", "ddp", "fsdp"):
             raise TrainingError(f"unknown parallel strategy {strategy!r} (none, ddp, fsdp)")
         if strategy != "none" and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -95,17 +111,30 @@ class Trainer:
         self.dtype = self._dtype()
         torch.manual_seed(stage.seed)
         self.model = build_model(model_cfg).to(self.device)
+        self.init_weights = init_weights
         if init_weights is not None:
             from minigpt_assets.models.interop import from_pretrained
 
             self.model.load_state_dict(from_pretrained(init_weights).state_dict())
-        self.reference = None
-        if stage.kind == "dpo":  # the frozen starting point the policy's log-ratios are measured against
-            if init_weights is None:
-                raise TrainingError("a dpo stage needs the previous stage's checkpoint (init_weights)")
+        elif stage.kind != "pretrain":
+            raise TrainingError(f"a {stage.kind} stage starts from the previous stage's checkpoint (init_weights)")
+        self.reference = self.teacher = None
+        if stage.kind in ("dpo", "grpo"):  # the frozen starting point the policy is measured against
             import copy
 
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)  # the weights just loaded
+        if stage.kind == "distill":
+            self.teacher = self._load_teacher(teacher)
+        if stage.kind == "grpo" and strategy == "fsdp":
+            raise TrainingError("grpo samples a different number of tokens on each rank; use strategy none or ddp")
+        self.adapters = stage.adapters
+        if self.adapters is not None:
+            from minigpt_assets.training.lora import apply_lora
+
+            try:
+                apply_lora(self.model, self.adapters)
+            except ValueError as e:
+                raise TrainingError(str(e)) from None
         self.stats: dict[str, float] = {}
         self.val_stats: dict[str, float] = {}
         self.train_model = self._parallelize()
@@ -122,6 +151,17 @@ class Trainer:
         self.bad_steps = 0
         self.bad_in_a_row = 0
         self.ckpt_root = self.run_dir / "checkpoints"
+
+    def _load_teacher(self, path: Path | None) -> torch.nn.Module:
+        from minigpt_assets.models.interop import from_pretrained
+
+        if path is None:
+            raise TrainingError("a distill stage needs its teacher's folder")
+        teacher = from_pretrained(path).to(self.device).eval().requires_grad_(False)
+        if teacher.config.vocab_size < self.model_cfg.vocab_size:
+            raise TrainingError(f"{path}: the teacher's vocabulary ({teacher.config.vocab_size}) is smaller than "
+                                f"the student's ({self.model_cfg.vocab_size}); they must share a tokenizer")
+        return teacher
 
     def _parallelize(self) -> torch.nn.Module:
         """DDP replicates the module; FSDP2 (`fully_shard`) shards every block and then the root, so the
@@ -176,8 +216,15 @@ class Trainer:
         if self.rank == 0:
             state = {"optimizer": optim_state, "scheduler": self.scheduler.state_dict()}
             hook = (lambda point: self.hook(f"checkpoint:{point}", self.step)) if self.hook else None
+            extra = None
+            if self.adapters is not None:  # the merged weights load anywhere; the adapter alone is kept too
+                from minigpt_assets.training import lora
+
+                adapter = lora.adapter_state_dict(model_state)
+                model_state = lora.merged_state_dict(self.model, model_state)
+                extra = lambda folder: lora.write_peft_adapter(folder / "adapter", self.adapters, adapter)  # noqa: E731
             path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, model_state, state,
-                                        self._trainer_state(), self.stage.keep_last, hook)
+                                        self._trainer_state(), self.stage.keep_last, hook, extra)
         if self.world_size > 1:
             torch.distributed.barrier()
         return path
@@ -192,6 +239,8 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
         own = set(self.model.state_dict())
+        if self.adapters is not None:
+            model_state = self._adapted_state(model_state, last / "adapter")
         if self.model_cfg.tie_embeddings:
             model_state.setdefault("lm_head.weight", model_state.get("model.embed_tokens.weight"))
         missing, unexpected = sorted(own - set(model_state)), sorted(set(model_state) - own)
@@ -208,6 +257,26 @@ class Trainer:
         ckpt.set_rng_state(rng)
         self._truncate_metrics(self.step)
         return self.step
+
+    def _adapted_state(self, merged: dict[str, torch.Tensor], adapter_dir: Path) -> dict[str, torch.Tensor]:
+        """The adapted model's full state from a LoRA checkpoint: the frozen base (the stage's starting
+        weights, which never change) under peft's `base_layer.` names, plus the saved adapter."""
+        from safetensors.torch import load_file
+
+        from minigpt_assets.models.interop import from_pretrained
+        from minigpt_assets.training.lora import ADAPTER
+
+        own = set(self.model.state_dict())
+        state = {}
+        for k, v in from_pretrained(self.init_weights).state_dict().items():
+            if k not in own:
+                module, _, leaf = k.rpartition(".")
+                k = f"{module}.base_layer.{leaf}"
+            state[k] = v
+        for k, v in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
+            module, _, leaf = k.removeprefix("base_model.model.").rpartition(".")
+            state[f"{module}.{ADAPTER}.{leaf}"] = v
+        return state
 
     # -- metrics
     @property
@@ -260,6 +329,8 @@ class Trainer:
     def _loss(self, batch: dict, lo: int, hi: int) -> torch.Tensor:
         if self.stage.kind == "dpo":
             return self._dpo_loss(batch, lo, hi)
+        if self.stage.kind == "grpo":
+            return self._grpo_loss(batch, lo, hi)
         ids = self._to(batch["input_ids"][lo:hi])
         labels = self._to(batch["labels"][lo:hi])
         kw = {}
@@ -267,13 +338,88 @@ class Trainer:
             kw = {"doc_ids": self._to(batch["doc_ids"][lo:hi]), "position_ids": self._to(batch["position_ids"][lo:hi])}
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             logits = self.train_model(ids, **kw)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(ids, **kw)
         # mean over the tokens that are trained (all of them in pretraining, the answers in SFT)
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
         loss = loss / (labels != -100).sum().clamp(min=1)
+        if self.teacher is not None:
+            d = self.stage.distill
+            kl = distill_kl(logits, teacher_logits, labels, d.temperature)
+            self.stats = {"kl": float(kl.detach())}
+            loss = d.alpha * kl + (1 - d.alpha) * loss
         aux = self.model.aux_loss()
         return loss + aux if aux is not None else loss
 
+    # -- grpo
+    def _token_logps(self, model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Log-probability of each label under `model` [B, T] (0 where the label is ignored)."""
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            logits = model(ids)
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+        return logp * (labels != -100)
+
+    @torch.no_grad()
+    def _rollouts(self, data, idx, greedy: bool = False) -> dict:
+        """Sample `group_size` completions of each prompt in `idx` (one greedy one with `greedy`), reward them,
+        and return padded sequences, completion labels and group-normalized advantages. The sampling seed is
+        a function of (stage seed, step, prompt), so a resumed run samples the same completions."""
+        from minigpt_assets.models.transformer import generate
+        from minigpt_assets.training.rewards import REWARDS
+
+        g = self.stage.grpo
+        n = 1 if greedy else g.group_size
+        reward_fn = REWARDS[g.reward]
+        seqs, starts, rewards, lengths = [], [], [], []
+        self.model.eval()
+        for i in idx:
+            prompt = torch.from_numpy(data.prompts[int(i)]).to(self.device)[None].repeat(n, 1)
+            seed = xxhash.xxh64_intdigest(f"grpo:{self.stage.seed}:{self.step}:{int(i)}".encode())
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                out = generate(self.model, prompt, g.max_new_tokens, temperature=0.0 if greedy else g.temperature,
+                               top_k=g.top_k, eos_token_id=data.eos_id, seed=seed % 2**63)
+            comp = out[:, prompt.shape[1]:]
+            is_eos = comp == data.eos_id
+            keep = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # up to and including the first end token
+            for row, k in zip(comp, keep):
+                toks = row[k]
+                rewards.append(reward_fn(data.decode(toks.tolist()), data.answers[int(i)]))
+                seqs.append(torch.cat([prompt[0], toks]))
+                starts.append(prompt.shape[1])
+                lengths.append(int(k.sum()))
+        width = max(len(x) for x in seqs)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
+        labels = torch.full_like(ids, -100)
+        for r, (x, s0) in enumerate(zip(seqs, starts)):
+            ids[r, :len(x)] = x
+            labels[r, s0 - 1:len(x) - 1] = x[s0:]  # predict the completion tokens only
+        r = torch.tensor(rewards, device=self.device).view(-1, n)
+        adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4) if n > 1 else torch.zeros_like(r)
+        return {"input_ids": ids[:, :-1], "labels": labels[:, :-1], "advantages": adv.flatten(),
+                "reward": float(r.mean()), "completion_tokens": float(np.mean(lengths)),
+                "tokens": int((labels != -100).sum() + sum(starts))}
+
+    def _grpo_loss(self, batch: dict, lo: int, hi: int) -> torch.Tensor:
+        n = self.stage.grpo.group_size
+        ids, labels = batch["input_ids"][lo * n:hi * n], batch["labels"][lo * n:hi * n]
+        adv = batch["advantages"][lo * n:hi * n]
+        mask = (labels != -100).float()
+        logp = self._token_logps(self.train_model, ids, labels)
+        with torch.no_grad():
+            ref = self._token_logps(self.reference, ids, labels)
+        d = ref - logp
+        kl = torch.exp(d) - d - 1  # k3: unbiased, always >= 0
+        ratio = torch.exp(logp - logp.detach())  # 1, with the policy gradient
+        per_token = -(ratio * adv[:, None] - self.stage.grpo.beta * kl)
+        loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+        self.stats = {"reward": batch["reward"], "kl": float((kl.detach() * mask).sum() / mask.sum().clamp(min=1)),
+                      "completion_tokens": batch["completion_tokens"]}
+        return loss
+
     def train_step(self, batch: dict) -> dict:
+        if self.stage.kind == "grpo":  # sample and score first; then the update is an ordinary accumulation
+            batch = self._rollouts(self.loader.data, batch["windows"])
         self.model.train()
         n_micro = self.local_batch // self.micro
         total = torch.zeros((), device=self.device)
@@ -302,7 +448,10 @@ class Trainer:
             self.bad_in_a_row += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return {"loss": loss_value, "grad_norm": float(grad_norm), "lr": lr, "finite": finite, **self.stats}
+        out = {"loss": loss_value, "grad_norm": float(grad_norm), "lr": lr, "finite": finite, **self.stats}
+        if "tokens" in batch:
+            out["tokens"] = batch["tokens"]
+        return out
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -311,6 +460,10 @@ class Trainer:
             return None
         self.model.eval()
         n = min(len(self.val), self.stage.eval_batches * self.micro)
+        if self.stage.kind == "grpo":  # the score that matters: greedy answers to held-out tasks
+            out = self._rollouts(self.val, range(n), greedy=True)
+            self.val_stats = {"val_reward": out["reward"]}
+            return None
         losses = []
         accs = []
         for lo in range(0, n, self.micro):
@@ -334,12 +487,13 @@ class Trainer:
         window_tokens = self.stage.batch_size * (self.loader.data.window - 1)
         if start == 0 and self.stage.eval_every and self.val is not None:
             val_loss = self.evaluate()  # the starting point of the validation curve
-            self._emit({"stage": self.stage.stage_name, "step": 0, "val_loss": val_loss})
+            self._emit({"stage": self.stage.stage_name, "step": 0, "val_loss": val_loss, **self.val_stats})
         while self.step < stop:
             batch = next(it)
             out = self.train_step(batch)
             self.step += 1
-            self.tokens += window_tokens
+            step_tokens = out.get("tokens", window_tokens)
+            self.tokens += step_tokens
             if not out["finite"] and self.bad_in_a_row >= self.stage.max_bad_steps:
                 last = ckpt.latest_checkpoint(self.ckpt_root)
                 raise TrainingError(f"{self.bad_in_a_row} non-finite losses in a row at step {self.step}; "
@@ -347,8 +501,8 @@ class Trainer:
             now = time.perf_counter()
             row = {"stage": self.stage.stage_name, "step": self.step, "loss": out["loss"], "lr": out["lr"],
                    "grad_norm": out["grad_norm"], "tokens": self.tokens,
-                   "tokens_per_s": window_tokens / max(now - t_last, 1e-9), "skipped": not out["finite"],
-                   **{k: out[k] for k in ("reward_accuracy", "reward_margin") if k in out}}
+                   "tokens_per_s": step_tokens / max(now - t_last, 1e-9), "skipped": not out["finite"],
+                   **{k: out[k] for k in STAGE_METRICS if k in out}}
             t_last = now
             if out["finite"]:
                 last_loss = out["loss"]
@@ -363,7 +517,8 @@ class Trainer:
             if self.step % self.stage.checkpoint_every == 0 or self.step == stop:
                 if self.step == stop and self.val is not None and "val_loss" not in row:
                     val_loss = self.evaluate()
-                    self._emit({"stage": self.stage.stage_name, "step": self.step, "val_loss": val_loss})
+                    self._emit({"stage": self.stage.stage_name, "step": self.step, "val_loss": val_loss,
+                                **self.val_stats})
                 self.save()
                 t_last = time.perf_counter()  # checkpoint time is not training throughput
         return TrainResult(self.step, last_loss, val_loss, self.bad_steps, ckpt.latest_checkpoint(self.ckpt_root),

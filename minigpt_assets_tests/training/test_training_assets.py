@@ -240,3 +240,56 @@ def test_full_chain_pretrain_sft_dpo(tiny_training_recipes, tmp_path):
     assert abs(train[0]["loss"] - 0.6931) < 1e-3  # policy == reference at the start: -log sigmoid(0)
     assert train[-1]["loss"] < 0.5 and train[-1]["reward_accuracy"] == 1.0
     assert rows[-1]["val_reward_accuracy"] == 1.0 and rows[-1]["val_loss"] < 0.5
+
+
+def test_lora_then_grpo_chain_and_distill_from_another_experiment(tiny_training_recipes, tmp_path):
+    """pretrain -> lora -> grpo through Dagster, and a second experiment that distills the first one's LoRA model."""
+    exp = tiny_training_recipes / "experiments/exp.yaml"
+    exp.write_text(exp.read_text() + """\
+  - kind: lora
+    max_steps: 3
+    batch_size: 4
+    optim: {lr: 0.01, warmup_steps: 1}
+    lora: {r: 4, alpha: 8}
+    chat: {kind: builtin, name: python_qa, limit: 100, seq_len: 256}
+  - kind: grpo
+    max_steps: 2
+    batch_size: 2
+    optim: {lr: 0.001, warmup_steps: 1}
+    eval_every: 2
+    eval_batches: 2
+    grpo: {group_size: 4, max_new_tokens: 6}
+    chat: {kind: builtin, name: arithmetic, max_operand: 3, validation_fraction: 0.2}
+""")
+    write(tiny_training_recipes / "experiments/student.yaml", """
+        model: tiny
+        stages:
+          - {kind: pretrain, max_steps: 2, batch_size: 4, optim: {lr: 0.01}}
+          - kind: distill
+            max_steps: 3
+            batch_size: 4
+            optim: {lr: 0.01, warmup_steps: 1}
+            eval_every: 3
+            distill: {teacher_experiment: exp, teacher_stage: lora, temperature: 2.0, alpha: 0.5}
+            chat: {kind: builtin, name: python_qa, limit: 100, seq_len: 256, validation_fraction: 0.1}
+        """)
+    s = _settings(tmp_path, tiny_training_recipes)
+    materialize_graph(s, select=DATA, log=lambda _: None)
+    out = materialize_graph(s, select={"pretrained_model", "sft_model", "aligned_model"}, log=lambda _: None)
+    assert [(o.asset, o.partition, o.ok) for o in out] == [
+        ("pretrained_model", "exp|mix", True), ("pretrained_model", "student|mix", True),
+        ("sft_model", "exp|mix", True), ("sft_model", "student|mix", True), ("aligned_model", "exp|mix", True)], out
+    store = ArtifactStore(s.home)
+    lora = store.require("sft_model", "exp+mix")
+    assert (lora.path / "adapter" / "adapter_model.safetensors").is_file()
+    merged = from_pretrained(lora.path)  # plain weights: the adapter is merged
+    assert not any("lora" in k for k in merged.state_dict())
+    grpo = json.loads((store.require("aligned_model", "exp+mix").path / "training.json").read_text())
+    assert grpo["steps"] == 2 and grpo["first_val_reward"] is not None and grpo["final_val_reward"] is not None
+    student = json.loads((store.require("sft_model", "student+mix").path / "training.json").read_text())
+    spec = json.loads(open(f"{student['run_dir']}/spec.json").read())
+    assert spec["teacher"] == str(lora.path) and spec["init_weights"] == str(
+        store.require("pretrained_model", "student+mix").path)
+    _, rows = StatsDB(s.home).query("SELECT stage, count(kl), count(reward), count(val_reward) FROM training_metrics "
+                                    "WHERE stage IN ('distill', 'grpo') GROUP BY 1 ORDER BY 1")
+    assert rows == [("distill", 3, 0, 0), ("grpo", 2, 2, 2)]
