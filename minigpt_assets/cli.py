@@ -102,7 +102,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cat = Catalog.load_or_raise(settings.recipes)
     train = (not args.no_train and code == 0 and DEMO_EXPERIMENT in cat.experiments and DEMO_MIXTURE in cat.mixtures)
     if train:
-        print(f"\npretraining {DEMO_EXPERIMENT} on {DEMO_MIXTURE} (CPU: a few minutes; progress in the Dagster logs)")
+        stages = " -> ".join(st.kind for st in cat.experiments[DEMO_EXPERIMENT].stages)
+        print(f"\ntraining {DEMO_EXPERIMENT} on {DEMO_MIXTURE}: {stages} (CPU: a few minutes; progress in the "
+              "Dagster logs)")
         code = _run_graph(args, TRAINING_ASSETS, {f"{DEMO_EXPERIMENT}|{DEMO_MIXTURE}"})
     if code == 0:
         from minigpt_assets.store import StatsDB
@@ -115,11 +117,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print()
         print(format_table(cols, rows))
         if train:
+            order = [st.stage_name for st in cat.experiments[DEMO_EXPERIMENT].stages]  # the chain's order
             cols, rows = StatsDB(settings.home).query(
                 "SELECT experiment, mixture, stage, max(step) AS steps, arg_min(loss, step) AS first_loss, "
                 "arg_max(loss, step) AS final_loss, arg_min(val_loss, step) AS first_val_loss, "
-                "arg_max(val_loss, step) AS final_val_loss FROM training_metrics "
-                f"WHERE experiment = '{DEMO_EXPERIMENT}' AND mixture = '{DEMO_MIXTURE}' GROUP BY ALL ORDER BY stage")
+                "arg_max(val_loss, step) AS final_val_loss, arg_max(val_reward_accuracy, step) AS val_reward_acc "
+                f"FROM training_metrics WHERE experiment = '{DEMO_EXPERIMENT}' AND mixture = '{DEMO_MIXTURE}' "
+                f"GROUP BY experiment, mixture, stage ORDER BY list_position({order}, stage)")
             print()
             print(format_table(cols, rows))
         print(f"\nartifacts:   {settings.home / 'artifacts'}")

@@ -1,6 +1,6 @@
 """`minigpt demo` end to end on the shipped recipes: the data graph, then pretraining the demo model on the
-default mixture with a clearly falling validation loss, then SFT on the offline python_qa conversations
-(about 5-6 minutes on 2 CPU cores)."""
+default mixture with a clearly falling validation loss, then SFT on the offline python_qa conversations, then
+DPO against looping answers (about 7 minutes on 2 CPU cores)."""
 
 from __future__ import annotations
 
@@ -26,3 +26,8 @@ def test_demo_end_to_end(tmp_path, capsys):
                        "AND experiment = 'minimind-demo' AND stage = 'sft' ORDER BY step")
     assert rows[0][0] == 0 and rows[-1][0] == 60 and rows[-1][1] < rows[0][1] - 0.5, rows  # 6.0 -> 4.8
     assert ArtifactStore(home).require("sft_model", "minimind-demo+balanced").path.is_dir()
+    _, rows = db.query("SELECT step, val_loss, val_reward_accuracy FROM training_metrics WHERE val_loss IS NOT NULL "
+                       "AND experiment = 'minimind-demo' AND stage = 'dpo' ORDER BY step")
+    assert rows[0][0] == 0 and abs(rows[0][1] - 0.6931) < 1e-3  # the policy starts as its reference: ln 2
+    assert rows[-1][0] == 20 and rows[-1][1] < 0.3 and rows[-1][2] >= 0.9, rows
+    assert ArtifactStore(home).require("aligned_model", "minimind-demo+balanced").path.is_dir()

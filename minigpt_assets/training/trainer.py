@@ -26,6 +26,7 @@ from minigpt_assets.training import checkpoint as ckpt
 from minigpt_assets.training.config import OptimConfig, StageConfig
 
 
+STRATEGIES = ("none", "ddp", "fsdp", "zero2", "zero3")  # zero*: DeepSpeed ZeRO stage 2 or 3
 STAGE_METRICS = ("reward_accuracy", "reward_margin", "reward", "kl", "completion_tokens")
 
 
@@ -90,8 +91,8 @@ class Trainer:
                  device: str | None = None, init_weights: Path | None = None, rank: int = 0, world_size: int = 1,
                  on_metrics: Callable[[dict], None] | None = None, hook: Callable[[str, int], None] | None = None,
                  strategy: str = "none", teacher: Path | None = None):
-        if strategy not in ("none", "ddp", "fsdp"):
-            raise TrainingError(f"unknown parallel strategy {strategy!r} (none, ddp, fsdp)")
+        if strategy not in STRATEGIES:
+            raise TrainingError(f"unknown parallel strategy {strategy!r} ({', '.join(STRATEGIES)})")
         if strategy != "none" and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             raise TrainingError(f"strategy {strategy} needs torch.distributed (run under torchrun)")
         self.strategy = strategy
@@ -144,6 +145,16 @@ class Trainer:
                                            eps=o.eps, fused=fused)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_multiplier(s, stage.max_steps, o))
+        self.engine = None
+        if strategy.startswith("zero"):
+            if stage.kind == "grpo":
+                raise TrainingError("grpo samples a different number of tokens on each rank; use strategy none or ddp")
+            from minigpt_assets.training import zero
+
+            self.engine = zero.initialize(self.model, self.optimizer, int(strategy[-1]), self.micro,
+                                          self.local_batch // self.micro, world_size, o.grad_clip,
+                                          self.dtype == torch.bfloat16, self.device)
+            self.train_model = self.engine
         self.loader = PackedLoader(train, stage.batch_size, seed=stage.seed, rank=rank, world_size=world_size)
         self.val = val
         self.step = 0
@@ -211,20 +222,30 @@ class Trainer:
         return get_state_dict(self.model, self.optimizer, options=opts)
 
     def save(self) -> Path | None:
-        model_state, optim_state = self._full_state()  # every rank takes part in the gather
+        extras = []
+        if self.engine is not None:  # consolidated weights, plus DeepSpeed's optimizer shards from every rank
+            from minigpt_assets.training import zero
+
+            model_state, optim_state = zero.full_state_dict(self.engine, self.rank), None
+            shards = self.ckpt_root / f".deepspeed-{self.step:08d}"
+            zero.save_shards(self.engine, shards)
+            torch.distributed.barrier()
+            extras.append(lambda folder: os.rename(shards, folder / "deepspeed"))
+        else:
+            model_state, optim_state = self._full_state()  # every rank takes part in the gather
         path = None
         if self.rank == 0:
             state = {"optimizer": optim_state, "scheduler": self.scheduler.state_dict()}
             hook = (lambda point: self.hook(f"checkpoint:{point}", self.step)) if self.hook else None
-            extra = None
             if self.adapters is not None:  # the merged weights load anywhere; the adapter alone is kept too
                 from minigpt_assets.training import lora
 
                 adapter = lora.adapter_state_dict(model_state)
                 model_state = lora.merged_state_dict(self.model, model_state)
-                extra = lambda folder: lora.write_peft_adapter(folder / "adapter", self.adapters, adapter)  # noqa: E731
+                extras.append(lambda folder: lora.write_peft_adapter(folder / "adapter", self.adapters, adapter))
             path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, model_state, state,
-                                        self._trainer_state(), self.stage.keep_last, hook, extra)
+                                        self._trainer_state(), self.stage.keep_last, hook,
+                                        lambda folder: [write(folder) for write in extras])
         if self.world_size > 1:
             torch.distributed.barrier()
         return path
@@ -238,6 +259,19 @@ class Trainer:
         model_state, optim_state, trainer, rng = ckpt.load_checkpoint(last)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
+        if (self.engine is not None) != (optim_state["optimizer"] is None):
+            raise TrainingError(f"{last}: written {'without' if self.engine else 'with'} DeepSpeed; resume it with "
+                                "the strategy that wrote it (its weights load anywhere as init_weights)")
+        if self.engine is not None:
+            from minigpt_assets.training import zero
+
+            try:
+                zero.load_shards(self.engine, last / "deepspeed")
+            except (RuntimeError, AssertionError, ValueError, FileNotFoundError) as e:
+                raise TrainingError(f"{last}: cannot resume the DeepSpeed state on {self.world_size} ranks ({e})") \
+                    from None
+            return self._restore_loop_state(last, optim_state, trainer, rng)
+
         own = set(self.model.state_dict())
         if self.adapters is not None:
             model_state = self._adapted_state(model_state, last / "adapter")
@@ -250,6 +284,9 @@ class Trainer:
         set_state_dict(self.model, self.optimizer, model_state_dict=model_state,
                        optim_state_dict=optim_state["optimizer"],
                        options=StateDictOptions(full_state_dict=True, strict=False))
+        return self._restore_loop_state(last, optim_state, trainer, rng)
+
+    def _restore_loop_state(self, last: Path, optim_state: dict, trainer: dict, rng: dict) -> int:
         self.scheduler.load_state_dict(optim_state["scheduler"])
         self.loader.load_state_dict(trainer["loader"])
         self.step, self.tokens = trainer["step"], trainer["tokens"]
@@ -322,8 +359,8 @@ class Trainer:
             loss = -F.logsigmoid(d.beta * margin).mean()
         else:
             loss = ((margin - 1 / (2 * d.beta)) ** 2).mean()
-        self.stats = {"reward_accuracy": float((margin > 0).float().mean()),
-                      "reward_margin": float(d.beta * margin.mean())}
+        self.stats = {"reward_accuracy": float((margin.detach() > 0).float().mean()),
+                      "reward_margin": float(d.beta * margin.detach().mean())}
         return loss
 
     def _loss(self, batch: dict, lo: int, hi: int) -> torch.Tensor:
@@ -423,6 +460,8 @@ class Trainer:
         self.model.train()
         n_micro = self.local_batch // self.micro
         total = torch.zeros((), device=self.device)
+        if self.engine is not None:
+            return self._deepspeed_step(batch, n_micro, total)
         for m in range(n_micro):
             with self._grad_sync(m == n_micro - 1):
                 loss = self._loss(batch, m * self.micro, (m + 1) * self.micro) / n_micro
@@ -452,6 +491,30 @@ class Trainer:
         if "tokens" in batch:
             out["tokens"] = batch["tokens"]
         return out
+
+    def _deepspeed_step(self, batch: dict, n_micro: int, total: torch.Tensor) -> dict:
+        """The engine accumulates (scaling each loss by 1/n_micro), clips, and steps on the last micro-batch;
+        it skips the update itself when the gradients are not finite."""
+        for m in range(n_micro):
+            loss = self._loss(batch, m * self.micro, (m + 1) * self.micro)
+            self.engine.backward(loss)
+            self.engine.step()
+            total += loss.detach() / n_micro
+        torch.distributed.all_reduce(total)
+        loss_value = float(total) / self.world_size
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        finite = math.isfinite(loss_value) and bool(self.engine.was_step_applied()) and math.isfinite(grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        if finite:
+            self.bad_in_a_row = 0
+            if self.model_cfg.moe is not None:
+                self.model.update_router_bias()
+        else:
+            self.bad_steps += 1
+            self.bad_in_a_row += 1
+        self.scheduler.step()
+        return {"loss": loss_value, "grad_norm": grad_norm, "lr": lr, "finite": finite, **self.stats}
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
