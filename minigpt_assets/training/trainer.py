@@ -391,40 +391,47 @@ class Trainer:
 
     # -- grpo
     def _token_logps(self, model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Log-probability of each label under `model` [B, T] (0 where the label is ignored)."""
+        """Log-probability of each label under `model` [B, T] (0 where the label is ignored), at the sampling
+        temperature, so the policy scored is the one that sampled."""
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             logits = model(ids)
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+        logp = torch.log_softmax(logits.float() / self.stage.grpo.temperature, dim=-1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
         return logp * (labels != -100)
 
     @torch.no_grad()
     def _rollouts(self, data, idx, greedy: bool = False) -> dict:
         """Sample `group_size` completions of each prompt in `idx` (one greedy one with `greedy`), reward them,
-        and return padded sequences, completion labels and group-normalized advantages. The sampling seed is
-        a function of (stage seed, step, prompt), so a resumed run samples the same completions."""
+        and return padded sequences, completion labels and group-normalized advantages. Prompts of the same
+        length are sampled in one batch (no padding inside the prompt, so the KV-cache decode is exact); the
+        seed is a function of (stage seed, step, prompts), so a resumed run samples the same completions."""
         from minigpt_assets.models.transformer import generate
         from minigpt_assets.training.rewards import REWARDS
 
         g = self.stage.grpo
         n = 1 if greedy else g.group_size
         reward_fn = REWARDS[g.reward]
-        seqs, starts, rewards, lengths = [], [], [], []
+        idx = [int(i) for i in idx]
+        buckets: dict[int, list[int]] = {}
+        for j, i in enumerate(idx):
+            buckets.setdefault(len(data.prompts[i]), []).append(j)
+        slots: list[tuple | None] = [None] * (len(idx) * n)  # (sequence, prompt length, reward, completion length)
         self.model.eval()
-        for i in idx:
-            prompt = torch.from_numpy(data.prompts[int(i)]).to(self.device)[None].repeat(n, 1)
-            seed = xxhash.xxh64_intdigest(f"grpo:{self.stage.seed}:{self.step}:{int(i)}".encode())
+        for plen, members in sorted(buckets.items()):
+            prompts = torch.from_numpy(np.stack([data.prompts[idx[j]] for j in members])).to(self.device)
+            prompts = prompts.repeat_interleave(n, dim=0)
+            seed = xxhash.xxh64_intdigest(f"grpo:{self.stage.seed}:{self.step}:{[idx[j] for j in members]}".encode())
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                out = generate(self.model, prompt, g.max_new_tokens, temperature=0.0 if greedy else g.temperature,
+                out = generate(self.model, prompts, g.max_new_tokens, temperature=0.0 if greedy else g.temperature,
                                top_k=g.top_k, eos_token_id=data.eos_id, seed=seed % 2**63)
-            comp = out[:, prompt.shape[1]:]
+            comp = out[:, plen:]
             is_eos = comp == data.eos_id
             keep = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # up to and including the first end token
-            for row, k in zip(comp, keep):
-                toks = row[k]
-                rewards.append(reward_fn(data.decode(toks.tolist()), data.answers[int(i)]))
-                seqs.append(torch.cat([prompt[0], toks]))
-                starts.append(prompt.shape[1])
-                lengths.append(int(k.sum()))
+            for row, (toks, k) in enumerate(zip(comp, keep)):
+                j = members[row // n]
+                toks = toks[k]
+                reward = reward_fn(data.decode(toks.tolist()), data.answers[idx[j]])
+                slots[j * n + row % n] = (torch.cat([prompts[row], toks]), plen, reward, int(k.sum()))
+        seqs, starts, rewards, lengths = zip(*slots)
         width = max(len(x) for x in seqs)
         ids = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
         labels = torch.full_like(ids, -100)
