@@ -113,7 +113,20 @@ def loss_curve_png(rows: list[dict], out: Path, title: str) -> None:
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles = ax.get_legend_handles_labels()
+    reward = [(r["step"], r["reward"]) for r in rows if r.get("reward") is not None]
+    val_reward = [(r["step"], r["val_reward"]) for r in rows if r.get("val_reward") is not None]
+    if reward or val_reward:  # grpo: the reward is the curve that matters
+        ax2 = ax.twinx()
+        if reward:
+            ax2.plot(*zip(*reward), color="tab:green", lw=1, label="reward (sampled)")
+        if val_reward:
+            ax2.plot(*zip(*val_reward), "s-", color="tab:red", lw=1.5, label="held-out reward (greedy)")
+        ax2.set_ylabel("reward")
+        h2 = ax2.get_legend_handles_labels()
+        handles = (handles[0] + h2[0], handles[1] + h2[1])
+    if handles[0]:
+        ax.legend(*handles, fontsize=8)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
