@@ -552,10 +552,12 @@ class Catalog:
         return canonical_hash(self.models[name].model_dump(mode="json", exclude={"description"}))
 
     def experiment_hash(self, name: str) -> str:
-        """The experiment with its model recipe inlined: editing either changes the experiment's version."""
+        """The experiment with its model recipe inlined (and the digests of the jsonl files its stages read):
+        editing any of them changes the experiment's version."""
         exp = self.experiments[name]
         return canonical_hash({"experiment": exp.model_dump(mode="json", exclude={"description"}),
-                               "model": self.models[exp.model].model_dump(mode="json", exclude={"description"})})
+                               "model": self.models[exp.model].model_dump(mode="json", exclude={"description"}),
+                               **({"data": d} if (d := exp.data_digests()) else {})})
 
     def mixture_hash(self, name: str) -> str:
         return canonical_hash(self.mixtures[name])

@@ -5,6 +5,9 @@ No torch here, so recipes validate without it.
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -46,6 +49,20 @@ class ChatData(_Strict):
     limit: int = Field(4000, gt=0)
     validation_fraction: float = Field(0.05, ge=0, lt=1)
     seq_len: int | None = Field(None, gt=0)  # packing window; default: the mixture's seq_len
+
+    def file_digest(self) -> str | None:
+        """sha256 of a jsonl file's bytes (None for the builtin sets or a missing file): part of the stage's run
+        key and of the experiment's recipe version, so editing the data re-trains the stage."""
+        if self.kind != "jsonl" or not self.location:
+            return None
+        path = Path(os.path.expandvars(self.location)).expanduser()
+        if not path.is_file():
+            return None
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
 
     @model_validator(mode="after")
     def _check(self) -> "ChatData":
@@ -168,6 +185,10 @@ class ExperimentRecipe(_Strict):
     stages: list[StageConfig] = Field(min_length=1)
     compute: str = "local"
     description: str = ""
+
+    def data_digests(self) -> dict[str, str]:
+        """Stage name -> digest of its jsonl data file, for the stages that read one."""
+        return {s.stage_name: d for s in self.stages if s.chat is not None and (d := s.chat.file_digest())}
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> "ExperimentRecipe":

@@ -186,7 +186,8 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
     key = hashlib.sha256(json.dumps({"model": model_cfg.model_dump(mode="json", exclude={"description"}),
                                      "stage": st.model_dump(mode="json"), "index": index,
                                      "mixture": mix_art.version, "init": init.version if init else None,
-                                     **({"teacher": teacher[1]} if teacher else {})},
+                                     **({"teacher": teacher[1]} if teacher else {}),
+                                     **({"data_file": d} if st.chat is not None and (d := st.chat.file_digest()) else {})},
                                     sort_keys=True).encode()).hexdigest()[:12]
     run_dir = Path(home) / "runs" / experiment / mixture / f"{st.stage_name}-{key}"
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -241,6 +241,19 @@ def test_full_chain_pretrain_sft_dpo(tiny_training_recipes, tmp_path):
     assert train[-1]["loss"] < 0.5 and train[-1]["reward_accuracy"] == 1.0
     assert rows[-1]["val_reward_accuracy"] == 1.0 and rows[-1]["val_loss"] < 0.5
 
+    # editing the preference file (not the recipe) changes the experiment's version: the earlier stages only
+    # re-publish their finished runs (same weights), the dpo stage trains again in a new run folder
+    pre = ArtifactStore(s.home).require("pretrained_model", "exp+mix").path / "model.safetensors"
+    before = pre.read_bytes()
+    prefs.write_text(prefs.read_text().replace("No idea.", "I do not know."))
+    again = materialize_graph(s, select={"pretrained_model", "sft_model", "aligned_model"}, log=lambda _: None)
+    assert ("aligned_model", "exp|mix") in _ran(again)
+    pre = ArtifactStore(s.home).require("pretrained_model", "exp+mix").path / "model.safetensors"
+    assert pre.read_bytes() == before
+    new = ArtifactStore(s.home).require("aligned_model", "exp+mix")
+    assert json.loads((new.path / "training.json").read_text())["run_dir"] != json.loads(
+        (art.path / "training.json").read_text())["run_dir"]
+
 
 def test_lora_then_grpo_chain_and_distill_from_another_experiment(tiny_training_recipes, tmp_path):
     """pretrain -> lora -> grpo through Dagster, and a second experiment that distills the first one's LoRA model."""
