@@ -494,10 +494,20 @@ class Trainer:
             self.bad_in_a_row += 1
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        out = {"loss": loss_value, "grad_norm": float(grad_norm), "lr": lr, "finite": finite, **self.stats}
+        out = {"loss": loss_value, "grad_norm": float(grad_norm), "lr": lr, "finite": finite,
+               **self._stats_over_ranks()}
         if "tokens" in batch:
             out["tokens"] = batch["tokens"]
         return out
+
+    def _stats_over_ranks(self) -> dict[str, float]:
+        """The objective's own numbers (reward, accuracy, KL) averaged over ranks, like the loss."""
+        if self.world_size == 1 or not self.stats:
+            return dict(self.stats)
+        keys = sorted(self.stats)
+        t = torch.tensor([float(self.stats[k]) for k in keys], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
 
     def _deepspeed_step(self, batch: dict, n_micro: int, total: torch.Tensor) -> dict:
         """The engine accumulates (scaling each loss by 1/n_micro), clips, and steps on the last micro-batch;
@@ -521,7 +531,7 @@ class Trainer:
             self.bad_steps += 1
             self.bad_in_a_row += 1
         self.scheduler.step()
-        return {"loss": loss_value, "grad_norm": grad_norm, "lr": lr, "finite": finite, **self.stats}
+        return {"loss": loss_value, "grad_norm": grad_norm, "lr": lr, "finite": finite, **self._stats_over_ranks()}
 
     @torch.no_grad()
     def evaluate(self) -> float | None:

@@ -4,6 +4,7 @@ GRPO, each checked against its definition and shown to learn."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,3 +219,37 @@ def test_metrics_go_to_an_offline_wandb_run(tmp_path, monkeypatch):
     assert len(runs) == 1
     data = next(runs[0].glob("run-k123.wandb")).read_bytes()
     assert all(key in data for key in (b"grad_norm", b"tokens_per_s", b"exp/mix/pretrain"))
+
+
+def _grpo_rank(rank: int, world: int, port: int, base: str, out: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        st = _grpo_stage(max_steps=4, checkpoint_every=4, optim={"lr": 1e-2, "warmup_steps": 1})
+        tr = Trainer(make_config(MODEL), st, _ParityTasks(32), Path(out), device="cpu", init_weights=Path(base),
+                     rank=rank, world_size=world, strategy="ddp")
+        res = tr.fit()
+        weights = torch.cat([p.detach().flatten() for p in tr.model.parameters()])
+        torch.save({"rewards": [r["reward"] for r in res.metrics], "weights": weights}, f"{out}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_grpo_under_ddp_keeps_the_ranks_in_step(tmp_path):
+    """Each rank samples its own prompts (different sequence lengths per rank); DDP averages the gradients, so
+    the replicas stay identical, and the checkpoint is written once."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    base = _saved_model(tmp_path / "base", seed=4)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_grpo_rank, args=(2, port, str(base), str(tmp_path / "run")), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / "run" / f"rank{r}.pt") for r in (0, 1))
+    assert torch.equal(r0["weights"], r1["weights"])
+    assert r0["rewards"] == r1["rewards"]  # the batch's mean reward over both ranks, reported the same on each
+    assert len(r0["rewards"]) == 4 and (tmp_path / "run" / "checkpoints" / "step-00000004").is_dir()
