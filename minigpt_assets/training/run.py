@@ -224,8 +224,8 @@ def main(argv: list[str]) -> int:
     except (TrainingError, ValueError) as e:  # a diverged run, or bad data (file:line: what was expected)
         print(f"training: {e}", file=sys.stderr)
         return 1
-    if os.environ.get("RANK", "0") == "0":
-        print("RESULT " + json.dumps(result), flush=True)
+    if os.environ.get("RANK", "0") == "0" and not os.environ.get("DAGSTER_PIPES_CONTEXT"):
+        print("RESULT " + json.dumps(result), flush=True)  # for scripts; under Dagster the metrics went via Pipes
     return 0
 
 
