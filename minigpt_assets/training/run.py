@@ -229,5 +229,19 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _exit(code: int, spec_path: str) -> None:
+    """Exit. After a DeepSpeed run (checkpoint durable, W&B finished, process group destroyed) skip the
+    interpreter's teardown: DeepSpeed's CPU communication threads can abort it ("terminate called without an
+    active exception", SIGABRT) after the work is done, which torchrun would report as a failed rank."""
+    strategy = json.loads(Path(spec_path).read_text()).get("strategy", "none") if code == 0 else "none"
+    if str(strategy).startswith("zero"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    import os
+
+    _exit(main(sys.argv[1:]), sys.argv[1])
