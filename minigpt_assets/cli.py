@@ -93,23 +93,38 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 DEMO_EXPERIMENT, DEMO_MIXTURE = "minimind-demo", "balanced"
 TRAINING_ASSETS = {"pretrained_model", "sft_model", "aligned_model"}
+EVAL_ASSETS = {"benchmark_scores", "experiment_comparison"}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The data graph for every recipe, then the demo experiment's pretraining on the default mixture."""
+    """The data graph for every recipe; the demo experiment's whole chain on the default mixture and its
+    pretraining on every other mixture; then benchmark scores for each and the comparison report."""
     settings = _settings(args)
-    code = _run_graph(args, None, None, exclude=TRAINING_ASSETS)
+    code = _run_graph(args, None, None, exclude=TRAINING_ASSETS | EVAL_ASSETS)
     cat = Catalog.load_or_raise(settings.recipes)
     train = (not args.no_train and code == 0 and DEMO_EXPERIMENT in cat.experiments and DEMO_MIXTURE in cat.mixtures)
+    from minigpt_assets.store import ArtifactStore
+
+    store = ArtifactStore(settings.home)
+    mixtures = sorted(m for m in cat.mixtures if store.current("mixture", m) is not None)
     if train:
         stages = " -> ".join(st.kind for st in cat.experiments[DEMO_EXPERIMENT].stages)
-        print(f"\ntraining {DEMO_EXPERIMENT} on {DEMO_MIXTURE}: {stages} (CPU: a few minutes; progress in the "
-              "Dagster logs)")
+        print(f"\ntraining {DEMO_EXPERIMENT} on {DEMO_MIXTURE}: {stages}, and its pretraining on "
+              f"{', '.join(m for m in mixtures if m != DEMO_MIXTURE)} (CPU: minutes; progress in the Dagster logs)")
         code = _run_graph(args, TRAINING_ASSETS, {f"{DEMO_EXPERIMENT}|{DEMO_MIXTURE}"})
+        if code == 0:
+            code = _run_graph(args, {"pretrained_model"}, {f"{DEMO_EXPERIMENT}|{m}" for m in mixtures})
+        if code == 0 and cat.evals:
+            print(f"\nevaluating every pretrained {DEMO_EXPERIMENT} model ({', '.join(sorted(cat.active_evals()))}) "
+                  "and comparing them")
+            code = _run_graph(args, {"benchmark_scores"}, {f"{DEMO_EXPERIMENT}|{m}" for m in mixtures})
+            if code == 0:
+                code = _run_graph(args, {"experiment_comparison"}, None)
     if code == 0:
         from minigpt_assets.store import StatsDB
 
-        cols, rows = StatsDB(settings.home).query(
+        db = StatsDB(settings.home)
+        cols, rows = db.query(
             "SELECT source, max(CASE WHEN stage='raw' THEN documents END) AS raw, "
             "max(CASE WHEN stage='filtered' THEN documents END) AS filtered, "
             "max(CASE WHEN stage='deduplicated' THEN documents END) AS deduplicated "
@@ -118,18 +133,76 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(format_table(cols, rows))
         if train:
             order = [st.stage_name for st in cat.experiments[DEMO_EXPERIMENT].stages]  # the chain's order
-            cols, rows = StatsDB(settings.home).query(
+            cols, rows = db.query(
                 "SELECT experiment, mixture, stage, max(step) AS steps, arg_min(loss, step) AS first_loss, "
                 "arg_max(loss, step) AS final_loss, arg_min(val_loss, step) AS first_val_loss, "
                 "arg_max(val_loss, step) AS final_val_loss, arg_max(val_reward_accuracy, step) AS val_reward_acc "
-                f"FROM training_metrics WHERE experiment = '{DEMO_EXPERIMENT}' AND mixture = '{DEMO_MIXTURE}' "
-                f"GROUP BY experiment, mixture, stage ORDER BY list_position({order}, stage)")
+                f"FROM training_metrics WHERE experiment = '{DEMO_EXPERIMENT}' "
+                f"GROUP BY experiment, mixture, stage ORDER BY mixture, list_position({order}, stage)")
             print()
             print(format_table(cols, rows))
+            if cat.evals:
+                _print_comparison(settings.home)
         print(f"\nartifacts:   {settings.home / 'artifacts'}")
-        print(f"stats:       {settings.home / 'stats.duckdb'}  (try: minigpt sql \"SELECT * FROM filter_stats\")")
+        print(f"stats:       {settings.home / 'stats.duckdb'}  (try: minigpt sql \"SELECT * FROM eval_scores\")")
         print(f"dagster UI:  minigpt ui   (runs are recorded in {settings.dagster_home})")
     return code
+
+
+def _print_comparison(home) -> None:
+    from minigpt_assets.store import StatsDB
+
+    db = StatsDB(home)
+    cols, rows = db.query(
+        "SELECT task, metric, mixture, round(value, 4) AS value, round(ci_low, 4) AS ci_low, "
+        "round(ci_high, 4) AS ci_high, n FROM eval_scores WHERE stage = 'pretrain' "
+        "AND metric IN ('bits_per_byte', 'acc_mutual_info', 'acc', 'pass@1') ORDER BY task, metric, mixture")
+    print()
+    print(format_table(cols, rows))
+    cols, rows = db.query("SELECT task, metric, verdict, coalesce(winner, best) AS best, round(diff, 4) AS diff, "
+                          "round(p_adjusted, 4) AS p_holm FROM eval_verdicts "
+                          "WHERE metric IN ('bits_per_byte', 'acc_mutual_info', 'acc', 'pass@1') ORDER BY task, metric")
+    print()
+    print(format_table(cols, rows))
+    print(f"\nreport:      {Path(home) / 'reports' / 'comparison' / 'report.md'}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from minigpt_assets.evaluation.pipeline import evaluate_run
+    from minigpt_assets.store import ArtifactError
+    from minigpt_assets.training.pipeline import PipelineError
+
+    settings = _settings(args)
+    cat = Catalog.load_or_raise(settings.recipes, check_files=False)
+    evals = args.evals.split(",") if args.evals else None
+    try:
+        out = evaluate_run(settings.home, cat, args.experiment, args.mixture, args.stage, evals, args.device,
+                           log=print)
+    except (PipelineError, ArtifactError, ValueError) as e:
+        return _fail(f"evaluate: {e}")
+    cols = ["task", "metric", "value", "ci_low", "ci_high", "n"]
+    print(format_table(cols, [tuple(s[c] for c in cols) for s in out.scores]))
+    print(f"results: {out.artifact.path}  (minigpt sql \"SELECT * FROM eval_results\")")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from minigpt_assets.evaluation.pipeline import compare_runs
+    from minigpt_assets.training.pipeline import PipelineError
+
+    settings = _settings(args)
+    try:
+        comparison, report = compare_runs(settings.home, args.experiments.split(",") if args.experiments else None,
+                                          args.mixtures.split(",") if args.mixtures else None, args.stage,
+                                          args.alpha, args.correction, Path(args.out) if args.out else None)
+    except (PipelineError, ValueError) as e:
+        return _fail(f"compare: {e}")
+    from minigpt_assets.evaluation.report import verdict_line
+
+    for v in comparison.verdicts:
+        print(verdict_line(v, comparison.correction, comparison.confidence))
+    print(f"\nreport: {report}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------ stats
@@ -308,9 +381,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("paths", nargs="*", help="recipe files or recipes dirs (default: the recipes dir)")
     s.set_defaults(func=cmd_validate)
     s = sub.add_parser("demo", parents=[common],
-                       help="materialize the data graph, then pretrain the demo model on the default mixture")
+                       help="the data graph, the demo model on every demo mixture, its scores and the comparison")
     s.add_argument("--no-train", action="store_true", help="stop after the data graph")
     s.set_defaults(func=cmd_demo)
+    s = sub.add_parser("evaluate", parents=[common], help="run the eval recipes on one run's checkpoint")
+    s.add_argument("--experiment", required=True)
+    s.add_argument("--mixture", required=True)
+    s.add_argument("--stage", help="stage name (default: the pretraining stage)")
+    s.add_argument("--evals", help="comma-separated eval recipes (default: every one whose data is present)")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_evaluate)
+    s = sub.add_parser("compare", parents=[common],
+                       help="paired comparison of evaluated runs: intervals, corrected tests, a Markdown report")
+    s.add_argument("--experiments", help="comma-separated (default: all evaluated)")
+    s.add_argument("--mixtures", help="comma-separated (default: all evaluated)")
+    s.add_argument("--stage", default="pretrain")
+    s.add_argument("--alpha", type=float, default=0.05)
+    s.add_argument("--correction", default="holm", choices=["holm", "bh", "none"])
+    s.add_argument("--out", help="report folder (default: $MINIGPT_HOME/reports/comparison)")
+    s.set_defaults(func=cmd_compare)
     s = sub.add_parser("materialize", parents=[common],
                        help="materialize what is missing or stale (all assets and partitions by default)")
     s.add_argument("--select", help="comma-separated asset names")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from minigpt_assets.defs import dedup, filters, mixtures, quality, recipe_assets, sources, tokens, training
+from minigpt_assets.defs import dedup, evaluation, filters, mixtures, quality, recipe_assets, sources, tokens, training
 from minigpt_assets.defs.automation import automation_sensor
 from minigpt_assets.defs.partitions import Partitions
 from minigpt_assets.defs.resources import ProjectResource
@@ -31,6 +31,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         *tokens.build(cat, parts, recipes),
         *mixtures.build(cat, parts, recipes),
         *training.build(cat, parts, recipes),
+        *evaluation.build(cat, parts, recipes),
     ]
     checks = [d for d in stage_defs if isinstance(d, dg.AssetChecksDefinition)]
     assets = [*recipes.values()] + [d for d in stage_defs if not isinstance(d, dg.AssetChecksDefinition)]

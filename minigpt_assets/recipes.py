@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 MODEL_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # model names keep their version dots: llama-3.2-1b
-RECIPE_KINDS = ("sources", "filters", "classifiers", "dedup", "tokenizers", "mixtures", "models", "experiments")
+RECIPE_KINDS = ("sources", "filters", "classifiers", "dedup", "tokenizers", "mixtures", "models", "experiments",
+                "evals")
 
 
 class Model(BaseModel):
@@ -404,6 +405,7 @@ class Catalog:
         self.mixtures: dict[str, MixtureRecipe] = {}
         self.models: dict[str, Any] = {}  # name -> models.config.ModelConfig
         self.experiments: dict[str, Any] = {}  # name -> training.config.ExperimentRecipe
+        self.evals: dict[str, Any] = {}  # name -> evaluation.config.EvalRecipe
         self.problems: list[RecipeProblem] = []
 
     # -- loading
@@ -461,6 +463,10 @@ class Catalog:
                 from minigpt_assets.training.config import ExperimentRecipe
 
                 recipe = ExperimentRecipe.model_validate(data)
+            elif kind == "evals":
+                from minigpt_assets.evaluation.config import EvalFile
+
+                recipe = EvalFile.model_validate({"eval": data}).eval
             else:
                 recipe = _MODELS[kind].model_validate(data)
         except ValidationError as e:
@@ -520,6 +526,18 @@ class Catalog:
                 self._problem(rel, "model", f"unknown model recipe {exp.model!r} "
                                             f"(known: {', '.join(sorted(self.models)) or 'none'})")
 
+        for name, ev in self.evals.items():
+            rel = f"{self._rel(self.root / 'evals' / name)}.yaml"
+            for s in getattr(ev, "sources", None) or []:
+                if s not in self.sources:
+                    self._problem(rel, "sources", f"unknown source name {s!r}")
+            if check_files and not getattr(ev, "optional", False):
+                from minigpt_assets.evaluation.config import data_files
+
+                for field, f in zip(("path", "fewshot_path"), data_files(ev)):
+                    if not f.is_file():
+                        self._problem(rel, field, f"file not found: {f} (download it once, or set optional: true)")
+
     def _problem(self, file: str, field: str, message: str) -> None:
         p = RecipeProblem(file=file, field=field, message=message)
         if p not in self.problems:
@@ -558,6 +576,26 @@ class Catalog:
         return canonical_hash({"experiment": exp.model_dump(mode="json", exclude={"description"}),
                                "model": self.models[exp.model].model_dump(mode="json", exclude={"description"}),
                                **({"data": d} if (d := exp.data_digests()) else {})})
+
+    def eval_hash(self, name: str) -> str:
+        """The eval recipe and the digest of its local files."""
+        from minigpt_assets.evaluation.config import data_digest
+
+        ev = self.evals[name]
+        return canonical_hash({"eval": ev.model_dump(mode="json", exclude={"description"}), "data": data_digest(ev)})
+
+    def eval_sources(self, name: str) -> list[str]:
+        """The sources a held-out eval reads: those it names, else every source some mixture uses."""
+        named = getattr(self.evals[name], "sources", None)
+        return list(named) if named else sorted({s for m in self.mixtures.values() for s in m.sources
+                                                  if s in self.sources})
+
+    def active_evals(self) -> list[str]:
+        """Eval recipes whose data is present (an optional one with a missing file is skipped)."""
+        from minigpt_assets.evaluation.config import data_files
+
+        return sorted(n for n, ev in self.evals.items()
+                      if not getattr(ev, "optional", False) or all(f.is_file() for f in data_files(ev)))
 
     def mixture_hash(self, name: str) -> str:
         return canonical_hash(self.mixtures[name])

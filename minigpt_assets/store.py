@@ -186,6 +186,27 @@ STATS_SCHEMAS: dict[str, pa.Schema] = {
                                    # objective-specific: dpo reward accuracy, grpo mean reward, distill/grpo KL
                                    ("reward_accuracy", pa.float64()), ("val_reward_accuracy", pa.float64()),
                                    ("reward", pa.float64()), ("val_reward", pa.float64()), ("kl", pa.float64())]),
+    # evaluation: per-example results (a run's score on a task is sum(value) / sum(weight)), per-run aggregates
+    # with bootstrap intervals, the pairwise tests and verdicts of the latest comparison, n-gram contamination
+    "eval_results": pa.schema([("mixture", pa.string()), ("experiment", pa.string()), ("stage", pa.string()),
+                               ("task", pa.string()), ("metric", pa.string()), ("example", pa.string()),
+                               ("value", pa.float64()), ("weight", pa.float64())]),
+    "eval_scores": pa.schema([("mixture", pa.string()), ("experiment", pa.string()), ("stage", pa.string()),
+                              ("task", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
+                              ("stderr", pa.float64()), ("n", pa.int64()), ("ci_low", pa.float64()),
+                              ("ci_high", pa.float64()), ("higher_is_better", pa.bool_())]),
+    "eval_tests": pa.schema([("task", pa.string()), ("metric", pa.string()), ("run_a", pa.string()),
+                             ("run_b", pa.string()), ("value_a", pa.float64()), ("value_b", pa.float64()),
+                             ("diff", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
+                             ("p_value", pa.float64()), ("p_adjusted", pa.float64()), ("significant", pa.bool_()),
+                             ("better", pa.string()), ("correction", pa.string())]),
+    "eval_verdicts": pa.schema([("task", pa.string()), ("metric", pa.string()), ("verdict", pa.string()),
+                                ("winner", pa.string()), ("best", pa.string()), ("best_value", pa.float64()),
+                                ("runner_up", pa.string()), ("runner_up_value", pa.float64()),
+                                ("diff", pa.float64()), ("p_adjusted", pa.float64()), ("higher_is_better", pa.bool_())]),
+    "eval_contamination": pa.schema([("mixture", pa.string()), ("task", pa.string()), ("ngram", pa.int64()),
+                                     ("examples", pa.int64()), ("contaminated", pa.int64()),
+                                     ("fraction", pa.float64()), ("max_fraction", pa.float64())]),
 }
 
 

@@ -20,6 +20,7 @@ class Partitions:
     mixtures: dg.StaticPartitionsDefinition | None = None
     experiments: dg.StaticPartitionsDefinition | None = None
     training: dg.MultiPartitionsDefinition | None = None  # experiment x mixture: keys "experiment|mixture"
+    evals: dg.StaticPartitionsDefinition | None = None
 
     @classmethod
     def from_catalog(cls, cat: Catalog) -> "Partitions":
@@ -42,6 +43,7 @@ class Partitions:
             mixtures=static(mixtures),
             experiments=static(experiments),
             training=training,
+            evals=static(cat.evals),
         )
 
 

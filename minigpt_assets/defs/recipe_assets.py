@@ -25,12 +25,15 @@ OBSERVED: dict[str, tuple[str, Callable[[Catalog, str], str], str]] = {
     "mixture_recipe": ("mixtures", Catalog.mixture_hash, "recipes/mixtures/<mixture>.yaml, as a content hash"),
     "experiment_recipe": ("experiments", Catalog.experiment_hash,
                           "recipes/experiments/<experiment>.yaml with its model recipe inlined, as a content hash"),
+    "eval_recipe": ("evals", Catalog.eval_hash,
+                    "recipes/evals/<eval>.yaml with the digest of its local data files, as a content hash"),
 }
 # experiment_recipe is partitioned like the training assets (experiment x mixture, the same version for every
 # mixture): Dagster maps a multi-partitioned asset onto a single-dimension parent only when that dimension is
 # the parent's whole partition set, and sft/aligned models exist only for the experiments that have those stages.
 PARTITIONS = {"source_recipe": "sources", "classifier_recipe": "classifiers", "dedup_recipe": "dedup_groups",
-              "tokenizer_recipe": "tokenizers", "mixture_recipe": "mixtures", "experiment_recipe": "training"}
+              "tokenizer_recipe": "tokenizers", "mixture_recipe": "mixtures", "experiment_recipe": "training",
+              "eval_recipe": "evals"}
 
 
 def recipe_versions(cat: Catalog, asset: str, keys: list[str]) -> dict[str, str]:

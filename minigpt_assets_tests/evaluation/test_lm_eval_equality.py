@@ -1,0 +1,159 @@
+"""Our log-likelihood tasks give lm-evaluation-harness's numbers: same exported HF model, same rows, lm-eval's own
+task configs (arc_easy, hellaswag, piqa, mmlu, winogrande, lambada_openai) pointed at local files. Per-request
+log-likelihoods agree within 1e-4 and acc / acc_norm per example exactly, zero-shot and few-shot."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+lm_eval = pytest.importorskip("lm_eval")
+
+from minigpt_assets.evaluation.tasks import evaluate_task, load_docs  # noqa: E402
+from minigpt_assets.models import build_model, export_hf, make_config, save_model  # noqa: E402
+
+WORDS = ("the cat dog sat ran on a mat in house red blue tree water fire stone quick slow man woman child bird "
+         "fish sky sun moon river walk eat drink sleep read write open close big small old new good bad").split()
+
+
+def _sentence(r: random.Random, n: int) -> str:
+    return " ".join(r.choice(WORDS) for _ in range(n))
+
+
+def _rows(r: random.Random) -> dict[str, list[dict]]:
+    arc = [{"id": f"arc{i}", "question": _sentence(r, 8) + "?",
+            "choices": {"text": [_sentence(r, r.randint(1, 4)) for _ in range(4)], "label": list("ABCD")},
+            "answerKey": r.choice("ABCD")} for i in range(8)]
+    arc[0]["choices"]["label"] = ["1", "2", "3", "4"]
+    arc[0]["answerKey"] = "3"
+    hs = [{"ind": i, "activity_label": _sentence(r, 2).capitalize(), "ctx_a": _sentence(r, 7) + ".",
+           "ctx_b": _sentence(r, 3), "ctx": "", "endings": [_sentence(r, r.randint(2, 6)) + " [header] x"
+                                                             for _ in range(4)],
+           "source_id": "s", "split": "val", "split_type": "indomain", "label": str(r.randrange(4))}
+          for i in range(8)]
+    piqa = [{"goal": _sentence(r, 6), "sol1": _sentence(r, 5), "sol2": _sentence(r, 9), "label": r.randrange(2)}
+            for _ in range(8)]
+    mmlu = [{"question": _sentence(r, 7) + "?", "subject": subj, "choices": [_sentence(r, 2) for _ in range(4)],
+             "answer": r.randrange(4)} for subj in ("high_school_biology", "astronomy") for _ in range(4)]
+    wino = [{"sentence": f"{_sentence(r, 4)} _ {_sentence(r, 5)}.", "option1": r.choice(WORDS),
+             "option2": r.choice(WORDS), "answer": r.choice("12")} for _ in range(8)]
+    lamb = [{"text": _sentence(r, 12)} for _ in range(8)]
+    return {"arc_easy": arc, "hellaswag": hs, "piqa": piqa, "mmlu": mmlu, "winogrande": wino,
+            "lambada_openai": lamb}
+
+
+FORMAT = {"arc_easy": "arc", "hellaswag": "hellaswag", "piqa": "piqa", "mmlu": "mmlu", "winogrande": "winogrande",
+          "lambada_openai": "lambada"}
+
+
+def _tokenizer(folder: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    r = random.Random(0)
+    tok.train_from_iterator([_sentence(r, 30) for _ in range(300)], trainer=trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                            pad_token="<|endoftext|>").save_pretrained(str(folder))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lmeval")
+    _tokenizer(root / "tok")
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(root / "tok" / "tokenizer.json")).get_vocab_size()
+    cfg = make_config({"family": "minimind", "vocab_size": vocab, "hidden_size": 64, "num_layers": 2,
+                       "num_heads": 4, "num_kv_heads": 2, "max_seq_len": 256})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # weights far from init, so choices get clearly different scores
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    save_model(model, root / "ours", tokenizer=root / "tok")
+    export_hf(root / "ours", root / "hf")
+    files = {}
+    for task, rows in _rows(random.Random(1)).items():
+        files[task] = root / f"{task}.jsonl"
+        files[task].write_text("".join(json.dumps(x) + "\n" for x in rows))
+    return root, model, files
+
+
+def _lm_eval(root: Path, files: dict[str, Path], num_fewshot: int) -> dict[str, list[dict]]:
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    lm = HFLM(pretrained=str(root / "hf"), device="cpu", batch_size=4, dtype="float32")
+    specs = []
+    for task, path in files.items():
+        spec = {"task": task, "dataset_path": "json", "dataset_name": None,
+                "dataset_kwargs": {"data_files": {"test": str(path), "validation": str(path), "train": str(path),
+                                                  "dev": str(path)}}}
+        if task == "mmlu":  # our file mixes subjects; lm-eval's mmlu_<subject> tasks are one subject each
+            continue
+        specs.append(spec)
+    mm = json.loads(files["mmlu"].read_text().replace("}\n{", "},{").join("[]"))
+    for subj in sorted({x["subject"] for x in mm}):
+        p = root / f"mmlu_{subj}.jsonl"
+        p.write_text("".join(json.dumps(x) + "\n" for x in mm if x["subject"] == subj))
+        specs.append({"task": f"mmlu_{subj}", "dataset_path": "json", "dataset_name": None,
+                      "dataset_kwargs": {"data_files": {"test": str(p), "dev": str(p)}}})
+    tm = TaskManager()
+    # lm-eval's own registered config of each task (templates, preprocessing, splits), only the data swapped for
+    # the local file (an inline dict would replace the registered config instead of overriding it)
+    tasks = [tm._factory.build(tm._entry(s["task"]), overrides=s, registry=tm._index) for s in specs]
+    out = simple_evaluate(model=lm, tasks=tasks, task_manager=tm, num_fewshot=num_fewshot,
+                          log_samples=True, bootstrap_iters=0, random_seed=0, numpy_random_seed=1234,
+                          torch_random_seed=1234, fewshot_random_seed=1234)
+    samples = out["samples"]
+    samples["mmlu"] = [s for k in sorted(samples) if k.startswith("mmlu_") for s in
+                       sorted(samples[k], key=lambda s: s["doc_id"])]
+    return samples
+
+
+@pytest.mark.parametrize("num_fewshot", [0, 2])
+def test_scores_equal_lm_eval(setup, num_fewshot):
+    root, model, files = setup
+    ref = _lm_eval(root, files, num_fewshot)
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(root / "tok" / "tokenizer.json"))
+
+    def encode(s: str) -> list[int]:
+        return tok.encode(s).ids
+
+    for task, path in files.items():
+        fmt = FORMAT[task]
+        docs = load_docs(fmt, path)
+        if task == "mmlu":
+            docs = sorted(docs, key=lambda d: d.group)  # lm-eval runs one task per subject
+        # lm-eval's sampler: the few-shot pool is the training split (here the same rows) for arc/hellaswag/piqa/
+        # winogrande/lambada, excluded only when it is the test split; mmlu takes the first n of `dev`
+        sampler = "first_n" if task == "mmlu" else "random"
+        same = task == "lambada_openai"  # lambada's only split is test: the pool is the evaluated split
+        ours = evaluate_task(model, encode, fmt, docs, max_len=256, num_fewshot=num_fewshot,
+                             fewshot_docs=None if same else docs, sampler=sampler,
+                             prefix_id=tok.token_to_id("<|im_start|>"), batch_size=4)
+        theirs = sorted(ref[task], key=lambda s: s["doc_id"]) if task != "mmlu" else ref[task]
+        assert len(ours) == len(theirs) == len(docs)
+        for o, t in zip(ours, theirs):
+            lls = [float(r[0][0]) for r in t["resps"]]
+            assert o.lls == pytest.approx(lls, abs=1e-4), (task, t["doc_id"])
+            for metric in ("acc", "acc_norm"):
+                if metric in t:
+                    assert o.metrics[metric] == t[metric], (task, t["doc_id"], metric)
+            if task != "lambada_openai":
+                assert len(set(round(x, 3) for x in lls)) > 1  # choices were really told apart
+            if num_fewshot and task in ("arc_easy", "mmlu"):
+                assert t["arguments"][0][0].count("\n\n") >= num_fewshot  # the few-shot context was really there
+
