@@ -168,21 +168,28 @@ def _print_comparison(home) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from minigpt_assets.evaluation.pipeline import evaluate_run
+    from minigpt_assets.evaluation.pipeline import evaluate_folder, evaluate_run
     from minigpt_assets.store import ArtifactError
     from minigpt_assets.training.pipeline import PipelineError
 
     settings = _settings(args)
     cat = Catalog.load_or_raise(settings.recipes, check_files=False)
     evals = args.evals.split(",") if args.evals else None
+    if bool(args.model) == bool(args.experiment and args.mixture):
+        return _fail("evaluate: give --experiment and --mixture (a trained run), or --model PATH --name NAME")
     try:
-        out = evaluate_run(settings.home, cat, args.experiment, args.mixture, args.stage, evals, args.device,
-                           log=print)
+        if args.model:
+            out = evaluate_folder(settings.home, cat, Path(args.model), args.name or Path(args.model).name,
+                                  args.stage or "pretrain", evals, args.device, log=print)
+        else:
+            out = evaluate_run(settings.home, cat, args.experiment, args.mixture, args.stage, evals, args.device,
+                               log=print)
     except (PipelineError, ArtifactError, ValueError) as e:
         return _fail(f"evaluate: {e}")
     cols = ["task", "metric", "value", "ci_low", "ci_high", "n"]
     print(format_table(cols, [tuple(s[c] for c in cols) for s in out.scores]))
-    print(f"results: {out.artifact.path}  (minigpt sql \"SELECT * FROM eval_results\")")
+    where = f"{out.artifact.path}  " if out.artifact else ""
+    print(f"results: {where}(minigpt sql \"SELECT * FROM eval_results WHERE experiment = '{args.experiment}'\")")
     return 0
 
 
@@ -384,9 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the data graph, the demo model on every demo mixture, its scores and the comparison")
     s.add_argument("--no-train", action="store_true", help="stop after the data graph")
     s.set_defaults(func=cmd_demo)
-    s = sub.add_parser("evaluate", parents=[common], help="run the eval recipes on one run's checkpoint")
-    s.add_argument("--experiment", required=True)
-    s.add_argument("--mixture", required=True)
+    s = sub.add_parser("evaluate", parents=[common], help="run the eval recipes on one run's checkpoint or a model folder")
+    s.add_argument("--experiment")
+    s.add_argument("--mixture")
+    s.add_argument("--model", help="any model folder instead (ours, or an HF export), recorded as experiment "
+                                   "NAME on mixture 'external'")
+    s.add_argument("--name", help="with --model: its name in the tables (default: the folder name)")
     s.add_argument("--stage", help="stage name (default: the pretraining stage)")
     s.add_argument("--evals", help="comma-separated eval recipes (default: every one whose data is present)")
     s.add_argument("--device", default="cpu")

@@ -155,3 +155,9 @@ def tiny_training_recipes(tiny_recipes) -> Path:
             eval_batches: 2
         """)
     return tiny_recipes
+
+
+def pytest_collection_modifyitems(config, items):
+    """The demo end to end is the longest test by far: start it first so that, under `-n 2`, the other worker
+    runs everything else meanwhile instead of the demo starting last and running alone."""
+    items.sort(key=lambda it: 0 if it.nodeid.startswith("minigpt_assets_tests/test_demo.py") else 1)

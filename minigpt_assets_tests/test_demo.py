@@ -1,6 +1,7 @@
 """`minigpt demo` end to end on the shipped recipes: the data graph, then pretraining the demo model on the
 default mixture with a clearly falling validation loss, then SFT on the offline python_qa conversations, then
-DPO against looping answers (about 7 minutes on 2 CPU cores)."""
+DPO against looping answers; then pretraining on the other demo mixtures, benchmark scores for each and the
+comparison report (about 15 minutes on 2 CPU cores)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,13 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert rows[0][0] == 0 and abs(rows[0][1] - 0.6931) < 1e-3  # the policy starts as its reference: ln 2
     assert rows[-1][0] == 20 and rows[-1][1] < 0.3 and rows[-1][2] >= 0.9, rows
     assert ArtifactStore(home).require("aligned_model", "minimind-demo+balanced").path.is_dir()
+    # every demo mixture pretrained, scored and compared; the report names a verdict per task
+    _, rows = db.query("SELECT DISTINCT mixture FROM eval_scores WHERE experiment = 'minimind-demo' ORDER BY 1")
+    assert [r[0] for r in rows] == ["balanced", "code_heavy", "web_heavy"]
+    _, rows = db.query("SELECT task, verdict FROM eval_verdicts WHERE metric = 'bits_per_byte' ORDER BY task")
+    assert {t for t, _ in rows} >= {"held_out_bpb/python_code", "held_out_bpb/web"}, rows
+    _, rows = db.query("SELECT winner FROM eval_verdicts WHERE task = 'held_out_bpb/web' AND metric = 'bits_per_byte'")
+    assert rows == [("minimind-demo/web_heavy",)], rows  # measured: 1.717 vs 1.801 (balanced), Holm p = 0.007
+    report = home / "reports" / "comparison" / "report.md"
+    assert "minimind-demo/code_heavy" in report.read_text() and (report.parent / "scores.png").is_file()
+    assert "report:" in out

@@ -30,8 +30,13 @@ DEDUP_ASSET = "deduplicated_documents"
 
 @dataclass
 class EvalOutcome:
-    artifact: Artifact
+    artifact: Artifact | None  # None when only some eval recipes ran
     scores: list[dict]
+
+
+def _eval_of(task: str) -> str:
+    """The eval recipe a task comes from (`held_out_bpb/web` -> `held_out_bpb`)."""
+    return task.split("/", 1)[0]
 
 
 def held_out_reader(store: ArtifactStore, cat: Catalog) -> Callable[[str, int | None, int | None], list]:
@@ -67,17 +72,44 @@ def _available_sources(store: ArtifactStore, cat: Catalog, names: list[str]) -> 
 def evaluate_run(home: Path, cat: Catalog, experiment: str, mixture: str, stage: str | None = None,
                  evals: list[str] | None = None, device: str = "cpu",
                  log: Callable[[str], None] = lambda s: None) -> EvalOutcome:
-    from minigpt_assets.evaluation.stats import aggregate
-    from minigpt_assets.evaluation.suite import evaluate
-
+    """The eval recipes on one run's published checkpoint of `stage` (default: its pretraining)."""
     if experiment not in cat.experiments:
         raise PipelineError(f"unknown experiment {experiment!r} (known: {', '.join(sorted(cat.experiments))})")
     _, st = find_stage(cat, experiment, stage)
-    store = ArtifactStore(home)
-    model = store.current(STAGE_ASSETS[st.kind], stage_partition(experiment, mixture))
+    model = ArtifactStore(home).current(STAGE_ASSETS[st.kind], stage_partition(experiment, mixture))
     if model is None:
         raise PipelineError(f"no {st.stage_name} checkpoint of {experiment} on {mixture} yet: "
                             f"minigpt train --experiment {experiment} --mixture {mixture} --stage {st.stage_name}")
+    part = stage_partition(experiment, mixture) + ("" if st.stage_name == "pretrain" else f"+{st.stage_name}")
+    wandb = load_profile_wandb(cat.experiments[experiment].compute)
+    return _evaluate_and_record(home, cat, model.path, model.version, experiment, mixture, st.stage_name, evals,
+                                device, log, part, wandb)
+
+
+def evaluate_folder(home: Path, cat: Catalog, folder: Path, name: str, stage: str = "pretrain",
+                    evals: list[str] | None = None, device: str = "cpu",
+                    log: Callable[[str], None] = lambda s: None) -> EvalOutcome:
+    """The eval recipes on any model folder (ours, or an HF export or download), recorded as experiment `name`,
+    mixture `external`, so `minigpt compare` can put it next to the trained runs."""
+    if not (Path(folder) / "tokenizer.json").is_file():
+        raise PipelineError(f"{folder}: not a model folder with its tokenizer (tokenizer.json missing)")
+    return _evaluate_and_record(home, cat, Path(folder), None, name, "external", stage, evals, device, log, None,
+                                load_profile_wandb("local"))
+
+
+def load_profile_wandb(compute: str):
+    from minigpt_assets.settings import load_profile
+
+    return load_profile(compute).training.wandb
+
+
+def _evaluate_and_record(home: Path, cat: Catalog, model_path: Path, model_version: str | None, experiment: str,
+                         mixture: str, stage: str, evals: list[str] | None, device: str, log, part: str | None,
+                         wandb_cfg) -> EvalOutcome:
+    from minigpt_assets.evaluation.stats import aggregate
+    from minigpt_assets.evaluation.suite import evaluate
+
+    store = ArtifactStore(home)
     names = evals if evals is not None else cat.active_evals()
     unknown = [n for n in names if n not in cat.evals]
     if unknown:
@@ -85,34 +117,33 @@ def evaluate_run(home: Path, cat: Catalog, experiment: str, mixture: str, stage:
     recipes = {n: cat.evals[n] for n in names}
     sources = {n: _available_sources(store, cat, cat.eval_sources(n)) for n in names
                if isinstance(recipes[n], (BitsPerByteEval, HeldOutChoiceEval))}
-    rows = evaluate(model.path, recipes, sources, held_out_reader(store, cat), device, log)
-    rows = [{"mixture": mixture, "experiment": experiment, "stage": st.stage_name, **r} for r in rows]
-    scores = [{**s, "stage": st.stage_name} for s in aggregate(rows)]
-    key = f"{experiment}+{mixture}+{st.stage_name}"
+    rows = evaluate(model_path, recipes, sources, held_out_reader(store, cat), device, log)
+    rows = [{"mixture": mixture, "experiment": experiment, "stage": stage, **r} for r in rows]
+    scores = [{**s, "stage": stage} for s in aggregate(rows)]
     db = StatsDB(home)
-    db.write("eval_results", key, rows)
-    db.write("eval_scores", key, scores)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    for name in names:  # one writer per (run, eval): evaluating one recipe again replaces only its rows
+        key = f"{experiment}+{mixture}+{stage}+{name}"
+        db.write("eval_results", key, [r for r in rows if _eval_of(r["task"]) == name])
+        db.write("eval_scores", key, [s for s in scores if _eval_of(s["task"]) == name])
+    art = None
+    if evals is None and part is not None:  # the artifact is a run's full evaluation; a subset only updates tables
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-    part = stage_partition(experiment, mixture) + ("" if st.stage_name == "pretrain" else f"+{st.stage_name}")
-    with store.stage(ASSET, part) as stg:
-        pq.write_table(pa.Table.from_pylist(rows), stg.path / "results.parquet")
-        (stg.path / "scores.json").write_text(json.dumps(scores, indent=1, sort_keys=True) + "\n")
-        art = stg.publish(counts={"examples": len({(r["task"], r["example"]) for r in rows}),
-                                  "tasks": len({r["task"] for r in rows})},
-                          meta={"model": str(model.path), "model_version": model.version, "evals": names})
-    _wandb_scores(cat, experiment, mixture, st.stage_name, scores, home)
+        with store.stage(ASSET, part) as stg:
+            pq.write_table(pa.Table.from_pylist(rows), stg.path / "results.parquet")
+            (stg.path / "scores.json").write_text(json.dumps(scores, indent=1, sort_keys=True) + "\n")
+            art = stg.publish(counts={"examples": len({(r["task"], r["example"]) for r in rows}),
+                                      "tasks": len({r["task"] for r in rows})},
+                              meta={"model": str(model_path), "model_version": model_version, "evals": names})
+    _wandb_scores(wandb_cfg, experiment, mixture, stage, scores, home)
     return EvalOutcome(art, scores)
 
 
-def _wandb_scores(cat: Catalog, experiment: str, mixture: str, stage: str, scores: list[dict], home: Path) -> None:
+def _wandb_scores(cfg, experiment: str, mixture: str, stage: str, scores: list[dict], home: Path) -> None:
     """Log the scores to W&B (the experiment's compute profile: offline by default; WANDB_MODE overrides)."""
     import os
 
-    from minigpt_assets.settings import load_profile
-
-    cfg = load_profile(cat.experiments[experiment].compute).training.wandb
     mode = os.environ.get("WANDB_MODE") or cfg.mode
     if mode == "disabled":
         return
@@ -136,6 +167,11 @@ def compare_runs(home: Path, experiments: list[str] | None = None, mixtures: lis
     from minigpt_assets.evaluation.report import render_report
     from minigpt_assets.evaluation.stats import compare
 
+    from minigpt_assets.recipes import MODEL_SLUG
+
+    for name in [*(experiments or []), *(mixtures or []), stage]:
+        if not MODEL_SLUG.match(name):
+            raise PipelineError(f"not a recipe name: {name!r}")
     db = StatsDB(home)
     where = [f"stage = '{stage}'"]
     if experiments:

@@ -38,9 +38,9 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "acc": True, "acc_norm": True, "pass@1": True, "pass@10": True, "pass@100": True, "exact_match": True,
     "f1": True, "bleu": True, "rouge": True,
     "bits_per_byte": False, "byte_perplexity": False, "word_perplexity": False, "perplexity": False,
-    "loss": False, "nll": False,
+    "loss": False, "nll": False, "nats_per_token": False,
 }
-LOWER_IS_BETTER_KEYS = ("bits_per_byte", "perplexity", "loss", "nll")
+LOWER_IS_BETTER_KEYS = ("bits_per_byte", "perplexity", "loss", "nll", "nats_per_token")
 EXACT_MAX = 16            # enumerate all sign vectors up to this many nonzero differences
 _CELLS = 2_000_000        # resample-matrix cells per chunk (bounds memory for large n)
 

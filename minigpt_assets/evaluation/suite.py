@@ -3,7 +3,8 @@
 The model is any folder `from_pretrained` reads (our checkpoint or an HF export) with its tokenizer files. Each
 row's aggregate is `sum(value) / sum(weight)`: accuracy (value 0/1, weight 1), pass@k (the per-problem
 estimate, weight 1), bits per byte (value = bits of a document, weight = its UTF-8 bytes, so the aggregate is
-the corpus-level BPB), nll (nats of the continuation, weight 1).
+the corpus-level BPB), nats_per_token (value = nats of a document, weight = its tokens: perplexity is its exp),
+nll (nats of a LAMBADA continuation, weight 1).
 """
 
 from __future__ import annotations
@@ -54,8 +55,11 @@ class Evaluator:
                    for i, t in docs]
             scores = score_documents(self.model, [(i, ids, b) for i, ids, b in enc if ids], self.eos,
                                      self.max_len(recipe), recipe.batch_size, self.device, self.dtype)
-            rows += [{"task": f"{name}/{src}", "metric": "bits_per_byte", "example": s.id,
-                      "value": s.nll / math.log(2), "weight": float(s.bytes)} for s in scores]
+            for s in scores:  # perplexity = exp(nats_per_token): tokenizer-dependent, unlike bits per byte
+                rows += [{"task": f"{name}/{src}", "metric": "bits_per_byte", "example": s.id,
+                          "value": s.nll / math.log(2), "weight": float(s.bytes)},
+                         {"task": f"{name}/{src}", "metric": "nats_per_token", "example": s.id,
+                          "value": s.nll, "weight": float(s.tokens)}]
         return rows
 
     def _choice_rows(self, task: str, fmt: str, docs: list[T.Doc], recipe, metrics: list[str],

@@ -48,7 +48,7 @@ def _recipes(root, tmp_path):
     write(root / "evals/code.yaml", f"kind: code\npath: {he}\nsamples: 2\nks: [1]\nmax_new_tokens: 8\ntimeout_s: 3\n")
 
 
-def test_benchmark_scores_and_comparison(tiny_training_recipes, tmp_path, capsys):
+def test_benchmark_scores_and_comparison(tiny_training_recipes, tmp_path, capsys, monkeypatch):
     _recipes(tiny_training_recipes, tmp_path)
     s = Settings(home=tmp_path / "home", recipes=tiny_training_recipes, workers=1)
     out = materialize_graph(s, exclude={"benchmark_scores", "experiment_comparison"}, **QUIET)
@@ -69,7 +69,7 @@ def test_benchmark_scores_and_comparison(tiny_training_recipes, tmp_path, capsys
         per_mix.setdefault((task, metric), {})[mix] = n
     assert all(len(v) == 2 and len(set(v.values())) == 1 for v in per_mix.values())  # paired: same examples
     _, sc = db.query("SELECT task, metric, value, ci_low, ci_high, n FROM eval_scores WHERE mixture = 'mix' "
-                     "AND task = 'bpb/alpha'")
+                     "AND task = 'bpb/alpha' AND metric = 'bits_per_byte'")
     (task, metric, value, lo, hi, n), = sc
     assert 0 < lo <= value <= hi and n >= 1
     _, verdicts = db.query("SELECT task, metric, verdict FROM eval_verdicts ORDER BY ALL")
@@ -92,9 +92,23 @@ def test_benchmark_scores_and_comparison(tiny_training_recipes, tmp_path, capsys
     assert main(["--home", str(s.home), "--recipes", str(tiny_training_recipes), "evaluate", "--experiment", "exp",
                  "--mixture", "mix", "--evals", "mc"]) == 0
     assert "mc" in capsys.readouterr().out
+    # any exported model folder, next to the trained runs (W&B offline gets its scores)
+    from minigpt_assets.models import export_hf
+
+    export_hf(art_model := ArtifactStore(s.home).require("pretrained_model", "exp+mix2").path, tmp_path / "hf")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert main(["--home", str(s.home), "--recipes", str(tiny_training_recipes), "evaluate", "--model",
+                 str(tmp_path / "hf"), "--name", "hf-export", "--evals", "bpb"]) == 0
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert list((s.home / "wandb").rglob("*.wandb")), "no offline W&B run"
+    _, rows = db.query("SELECT e.task, e.value, m.value FROM eval_scores e JOIN eval_scores m USING (task, metric) "
+                       "WHERE e.experiment = 'hf-export' AND m.mixture = 'mix2' AND m.experiment = 'exp' "
+                       "AND metric = 'bits_per_byte'")
+    assert rows and all(abs(a - b) < 1e-4 for _, a, b in rows), rows  # the export scores as the checkpoint does
+    assert art_model.is_dir()
     assert main(["--home", str(s.home), "--recipes", str(tiny_training_recipes), "compare", "--mixtures",
-                 "mix,mix2", "--out", str(tmp_path / "rep")]) == 0
-    assert (tmp_path / "rep" / "report.md").is_file()
+                 "mix,mix2,external", "--out", str(tmp_path / "rep")]) == 0
+    assert "hf-export/external" in (tmp_path / "rep" / "report.md").read_text()
     assert main(["--home", str(s.home), "--recipes", str(tiny_training_recipes), "evaluate", "--experiment", "nope",
                  "--mixture", "mix"]) == 1
 
