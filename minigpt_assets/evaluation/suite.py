@@ -123,9 +123,10 @@ class Evaluator:
 
 
 def evaluate(model_dir: Path, evals: dict[str, object], eval_sources: dict[str, list[str]], held_out: HeldOut,
-             device: str = "cpu", log: Callable[[str], None] = lambda s: None) -> list[dict]:
-    """Every eval recipe on one model; rows as in the module docstring."""
-    ev = Evaluator(model_dir, device)
+             device: str = "cpu", log: Callable[[str], None] = lambda s: None,
+             dtype: torch.dtype = torch.float32) -> list[dict]:
+    """Every eval recipe on one model; rows as in the module docstring (`dtype`: autocast compute dtype)."""
+    ev = Evaluator(model_dir, device, dtype)
     rows: list[dict] = []
     for name, recipe in evals.items():
         if isinstance(recipe, BitsPerByteEval):

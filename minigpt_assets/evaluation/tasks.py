@@ -258,19 +258,22 @@ def loglikelihoods(model: torch.nn.Module, encode: Callable[[str], list[int]], r
         idx = order[b:b + batch_size]
         width = max(len(toks[i][0]) - 1 for i in idx)
         ids = torch.zeros(len(idx), width, dtype=torch.long)
-        for r, i in enumerate(idx):
-            inp = toks[i][0][:-1]
-            ids[r, :len(inp)] = torch.tensor(inp)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits = model(ids.to(device))
-        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        target = torch.zeros(len(idx), width, dtype=torch.long)
+        mask = torch.zeros(len(idx), width, dtype=torch.bool)  # the continuation's positions
         for r, i in enumerate(idx):
             whole, n = toks[i]
-            end = len(whole) - 1
-            lp = logp[r, end - n:end]
-            target = torch.tensor(whole[-n:])
-            ll = lp.gather(-1, target[:, None]).sum().item()
-            results[i] = (float(ll), bool((lp.argmax(-1) == target).all()))
+            ids[r, :len(whole) - 1] = torch.tensor(whole[:-1])
+            target[r, :len(whole) - 1] = torch.tensor(whole[1:])
+            mask[r, len(whole) - 1 - n:len(whole) - 1] = True
+        ids, target, mask = ids.to(device), target.to(device), mask.to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = model(ids)
+        logp = torch.log_softmax(logits.float(), dim=-1)  # only per-token results leave the device
+        tok = logp.gather(-1, target[..., None]).squeeze(-1)
+        ll = (tok * mask).sum(-1).double().cpu().tolist()
+        greedy = ((logp.argmax(-1) == target) | ~mask).all(-1).cpu().tolist()
+        for r, i in enumerate(idx):
+            results[i] = (float(ll[r]), bool(greedy[r]))
     return results
 
 
