@@ -180,10 +180,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         if args.model:
             out = evaluate_folder(settings.home, cat, Path(args.model), args.name or Path(args.model).name,
-                                  args.stage or "pretrain", evals, args.device, log=print)
+                                  args.stage or "pretrain", evals, args.device, log=print, dtype=args.dtype)
         else:
             out = evaluate_run(settings.home, cat, args.experiment, args.mixture, args.stage, evals, args.device,
-                               log=print)
+                               log=print, dtype=args.dtype)
     except (PipelineError, ArtifactError, ValueError) as e:
         return _fail(f"evaluate: {e}")
     cols = ["task", "metric", "value", "ci_low", "ci_high", "n"]
@@ -400,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stage", help="stage name (default: the pretraining stage)")
     s.add_argument("--evals", help="comma-separated eval recipes (default: every one whose data is present)")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="autocast compute dtype (compare runs evaluated in the same one)")
     s.set_defaults(func=cmd_evaluate)
     s = sub.add_parser("compare", parents=[common],
                        help="paired comparison of evaluated runs: intervals, corrected tests, a Markdown report")

@@ -8,7 +8,8 @@ built in layers, each used when the kernel and our privileges allow it (`sandbox
 2. rlimits: address space, CPU seconds, file size, open files, processes, no core dumps;
 3. namespaces ("namespaces" mode): network (a loopback that is down: no network at all), PID (killing its init
    kills all the candidate started, even processes that left the process group), mount (every mount read-only
-   but the sandbox directory, a private /proc), IPC, UTS; for a normal user inside a user namespace;
+   but the sandbox directory, there a size-limited tmpfs; a private /proc), IPC, UTS; for a normal user inside
+   a user namespace;
 4. no privileges: as root the candidate runs as `nobody` (root ignores RLIMIT_NPROC and file permissions),
    always with no_new_privs (setuid programs give nothing);
 5. a Python guard prepended to the program (after human-eval's reliability_guard). `import posix` or ctypes
@@ -25,6 +26,7 @@ import gzip
 import json
 import math
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -35,7 +37,8 @@ import warnings
 from dataclasses import dataclass
 
 FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
-NPROC, NOFILE, FSIZE_MB, DETAIL_CHARS = 32, 64, 32, 300  # limits on a candidate besides time and memory
+# limits on a candidate besides time and memory (TMPFS_MB: its directory in a mount namespace)
+NPROC, NOFILE, FSIZE_MB, TMPFS_MB, DETAIL_CHARS = 32, 64, 32, 64, 300
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ def _sandbox_guard():  # bypassable last layer: stops accidents, not attacks (th
             setattr(os, name, blocked)
     shutil.rmtree = shutil.move = shutil.chown = blocked
     # subclasses, so that modules subclassing them at import (ssl, asyncio) still import
-    subprocess.Popen = type("Popen", (subprocess.Popen,), {"__init__": blocked})
+    subprocess.Popen = type("Popen", (subprocess.Popen,), {"__init__": blocked, "__del__": lambda self: None})
     socket.socket = type("socket", (socket.socket,), {"__init__": blocked})
     socket.create_connection = socket.socketpair = socket.fromfd = blocked
     builtins.exit = builtins.quit = builtins.help = None
@@ -130,6 +133,7 @@ def evaluate_samples(problems, samples: dict[str, list[str]], ks=(1, 10), worker
     """Run every sample (`workers` sandboxes at a time). Returns per-problem rows (task_id, n, correct,
     statuses, pass@k for each k <= n) and a summary: mean pass@k over the problems with at least k samples,
     status counts and the sandbox layers used."""
+    from collections import Counter
     from concurrent.futures import ThreadPoolExecutor
 
     by_id = {p.task_id: p for p in problems}
@@ -141,14 +145,13 @@ def evaluate_samples(problems, samples: dict[str, list[str]], ks=(1, 10), worker
         done = pool.map(lambda j: check_program(by_id[j[0]], samples[j[0]][j[1]], timeout_s, memory_mb, mode),
                         jobs)
         results = dict(zip(jobs, done))
-    rows, counts = [], {}
+    rows = []
     for tid, completions in samples.items():
         statuses = [results[tid, i].status for i in range(len(completions))]
         n, c = len(statuses), statuses.count("passed")
         rows.append({"task_id": tid, "n": n, "correct": c, "statuses": statuses,
                      **{f"pass@{k}": pass_at_k(n, c, k) for k in ks if 1 <= k <= n}})
-        for s in statuses:
-            counts[s] = counts.get(s, 0) + 1
+    counts = dict(Counter(s for row in rows for s in row["statuses"]))
     summary = {"problems": len(rows), "samples": len(jobs), "statuses": counts,
                "missing_problems": len(set(by_id) - set(samples)), "layers": sandbox_layers(mode)}
     for k in ks:
@@ -205,8 +208,14 @@ def _exposures(workdir: str) -> list[tuple[str, list[str]]]:
 def _run(program: str, timeout_s: float, memory_mb: int, mode: str) -> tuple[ExecResult, dict]:
     if mode not in ("namespaces", "plain"):
         raise ValueError(f"unknown sandbox mode {mode!r}")
-    root = os.getuid() == 0
-    workdir = tempfile.mkdtemp(prefix="minigpt-sbx-")
+    root, workdir = os.getuid() == 0, tempfile.mkdtemp(prefix="minigpt-sbx-")
+    try:
+        return _run_in(program, timeout_s, memory_mb, mode, root, workdir)
+    finally:
+        _force_rmtree(workdir)
+
+
+def _run_in(program: str, timeout_s: float, memory_mb: int, mode: str, root: bool, workdir: str):
     prog = os.path.join(workdir, "prog.py")
     with open(prog, "w", encoding="utf-8") as f:
         f.write(program)
@@ -214,9 +223,8 @@ def _run(program: str, timeout_s: float, memory_mb: int, mode: str) -> tuple[Exe
     # without a mount namespace to expose the interpreter, nobody may be unable to start it: then stay root
     drop = root and (mode == "namespaces" or not exposures)
     try:
-        import pwd
         nobody = [pwd.getpwnam("nobody").pw_uid, pwd.getpwnam("nobody").pw_gid]
-    except (ImportError, KeyError):
+    except KeyError:
         nobody = [65534, 65534]
     if drop:
         os.chown(workdir, *nobody)
@@ -248,13 +256,11 @@ def _run(program: str, timeout_s: float, memory_mb: int, mode: str) -> tuple[Exe
             except (ProcessLookupError, PermissionError):
                 pass
             proc.wait()
-            os.set_blocking(r, False)
-            data = b""
+            os.set_blocking(r, False)  # the reports are small and all written by now
             try:
-                while chunk := os.read(r, 65536):
-                    data += chunk
+                data = os.read(r, 1 << 20)
             except BlockingIOError:
-                pass
+                data = b""
             msgs = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
             for m in msgs:
                 layers.update(m.get("layers", {}))
@@ -264,7 +270,6 @@ def _run(program: str, timeout_s: float, memory_mb: int, mode: str) -> tuple[Exe
             return _classify(msgs, proc.returncode, detail, timeout_s), layers
     finally:
         os.close(r)
-        _force_rmtree(workdir)
 
 
 def _classify(msgs: list[dict], launcher_rc: int, stderr_tail: str, timeout_s: float) -> ExecResult:
@@ -349,8 +354,13 @@ def _enter_namespaces(cfg: dict, layers: dict) -> None:
         for p, fd in zip(paths, fds):
             os.makedirs(p, 0o755, exist_ok=True)
             _libc("mount", f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC, None)
-    sandbox = cfg["dir"]
-    _libc("mount", sandbox, sandbox, None, MS_BIND, None)  # its own mount: the only one left writable
+    # the sandbox directory becomes a size-limited tmpfs: the only writable place, gone with the namespace
+    sandbox, owner = cfg["dir"], ",uid={},gid={}".format(*cfg["drop"]) if cfg["drop"] else ""
+    with open(cfg["prog"], "rb") as f:
+        program = f.read()
+    _libc("mount", "tmpfs", sandbox, "tmpfs", MS_NOSUID | MS_NODEV, f"size={TMPFS_MB}m,mode=700{owner}")
+    with open(cfg["prog"], "wb") as f:
+        f.write(program)
     for target, opts in _mounts().items():
         if target != sandbox and "ro" not in opts:
             try:  # MS_BIND|MS_REMOUNT: this mount's flags only, never the filesystem's (which the host sees)
@@ -368,7 +378,7 @@ def _exec_candidate(cfg: dict, report) -> None:
         os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
-    os.chdir(cfg["dir"])  # after the bind mount: the writable view of the directory
+    os.chdir(cfg["dir"])  # after the mounts: the tmpfs, not the directory below it
     # rlimits after the uid change (over RLIMIT_NPROC at setuid, execve would fail)
     cpu, mem, fsize = math.ceil(cfg["timeout"]) + 1, cfg["memory_mb"] << 20, FSIZE_MB << 20
     for res, soft, hard in ((resource.RLIMIT_AS, mem, mem), (resource.RLIMIT_CPU, cpu, cpu + 1),

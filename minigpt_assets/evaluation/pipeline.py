@@ -71,7 +71,7 @@ def _available_sources(store: ArtifactStore, cat: Catalog, names: list[str]) -> 
 
 def evaluate_run(home: Path, cat: Catalog, experiment: str, mixture: str, stage: str | None = None,
                  evals: list[str] | None = None, device: str = "cpu",
-                 log: Callable[[str], None] = lambda s: None) -> EvalOutcome:
+                 log: Callable[[str], None] = lambda s: None, dtype: str = "float32") -> EvalOutcome:
     """The eval recipes on one run's published checkpoint of `stage` (default: its pretraining)."""
     if experiment not in cat.experiments:
         raise PipelineError(f"unknown experiment {experiment!r} (known: {', '.join(sorted(cat.experiments))})")
@@ -83,18 +83,18 @@ def evaluate_run(home: Path, cat: Catalog, experiment: str, mixture: str, stage:
     part = stage_partition(experiment, mixture) + ("" if st.stage_name == "pretrain" else f"+{st.stage_name}")
     wandb = load_profile_wandb(cat.experiments[experiment].compute)
     return _evaluate_and_record(home, cat, model.path, model.version, experiment, mixture, st.stage_name, evals,
-                                device, log, part, wandb)
+                                device, log, part, wandb, dtype)
 
 
 def evaluate_folder(home: Path, cat: Catalog, folder: Path, name: str, stage: str = "pretrain",
                     evals: list[str] | None = None, device: str = "cpu",
-                    log: Callable[[str], None] = lambda s: None) -> EvalOutcome:
+                    log: Callable[[str], None] = lambda s: None, dtype: str = "float32") -> EvalOutcome:
     """The eval recipes on any model folder (ours, or an HF export or download), recorded as experiment `name`,
     mixture `external`, so `minigpt compare` can put it next to the trained runs."""
     if not (Path(folder) / "tokenizer.json").is_file():
         raise PipelineError(f"{folder}: not a model folder with its tokenizer (tokenizer.json missing)")
     return _evaluate_and_record(home, cat, Path(folder), None, name, "external", stage, evals, device, log, None,
-                                load_profile_wandb("local"))
+                                load_profile_wandb("local"), dtype)
 
 
 def load_profile_wandb(compute: str):
@@ -105,7 +105,9 @@ def load_profile_wandb(compute: str):
 
 def _evaluate_and_record(home: Path, cat: Catalog, model_path: Path, model_version: str | None, experiment: str,
                          mixture: str, stage: str, evals: list[str] | None, device: str, log, part: str | None,
-                         wandb_cfg) -> EvalOutcome:
+                         wandb_cfg, dtype: str = "float32") -> EvalOutcome:
+    import torch
+
     from minigpt_assets.evaluation.stats import aggregate
     from minigpt_assets.evaluation.suite import evaluate
 
@@ -117,7 +119,7 @@ def _evaluate_and_record(home: Path, cat: Catalog, model_path: Path, model_versi
     recipes = {n: cat.evals[n] for n in names}
     sources = {n: _available_sources(store, cat, cat.eval_sources(n)) for n in names
                if isinstance(recipes[n], (BitsPerByteEval, HeldOutChoiceEval))}
-    rows = evaluate(model_path, recipes, sources, held_out_reader(store, cat), device, log)
+    rows = evaluate(model_path, recipes, sources, held_out_reader(store, cat), device, log, getattr(torch, dtype))
     rows = [{"mixture": mixture, "experiment": experiment, "stage": stage, **r} for r in rows]
     scores = [{**s, "stage": stage} for s in aggregate(rows)]
     db = StatsDB(home)

@@ -30,6 +30,7 @@ from minigpt_assets.evaluation.code_exec import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.filterwarnings("ignore:code sandbox:UserWarning")  # plain mode as root, said in skips
 ADD = CodeProblem("Toy/0", 'def add(a: int, b: int) -> int:\n    """Sum of a and b."""\n', "    return a + b\n",
                   "\n\nMETADATA = {}\n\n\ndef check(candidate):\n    assert candidate(2, 3) == 5\n"
                   "    assert candidate(-1, 1) == 0\n", "add")
@@ -139,13 +140,33 @@ def test_memory_limit(mode):
     assert result.status == "killed" or "MemoryError" in result.detail
 
 
+def test_file_size_and_disk_limits(mode):
+    body = """
+import os
+written = []
+try:
+    for i in range(4):  # 4 x 24 MB: more than the tmpfs of the namespaces mode holds
+        with open(f"f{i}", "wb") as f:
+            f.write(bytes(24 << 20))
+        written.append(i)
+except OSError as e:
+    raise SystemExit(f"stopped after {written}: {e.strerror}")
+"""
+    result, _ = run(body, mode=mode)
+    if sandbox_layers(mode)["mount_namespace"]:
+        assert result.status == "failed" and "No space left on device" in result.detail, result
+    big, _ = run("open('big', 'wb').write(bytes(40 << 20))", mode=mode)  # over RLIMIT_FSIZE (32 MB)
+    assert big.status == "failed" and "File too large" in big.detail, big  # Python ignores SIGXFSZ
+
+
 # ------------------------------------------------------------------------------------------------- attacks
 def test_infinite_loop_times_out_and_leaves_nothing(mode):
     tag = f"sbxloop{uuid.uuid4().hex[:6]}"
+    before = set(our_children())  # other tests in this worker may leave helpers running (W&B's service)
     result, seconds = run(tagged(tag) + "while True:\n    pass", mode=mode, timeout_s=1.0)
     assert result.status == "timeout" and not result.passed
-    assert 1.0 <= seconds < 4.0
-    assert processes(tag) == [] and our_children() == []
+    assert 1.0 <= seconds < 10.0  # generous: CI runs this next to a training run on 2 cores
+    assert processes(tag) == [] and set(our_children()) <= before
 
 
 @pytest.mark.parametrize("bomb", [
@@ -157,13 +178,14 @@ def test_fork_bomb_is_contained(mode, bomb):
     if not sandbox_layers(mode)["unprivileged"]:
         pytest.skip(f"{mode} mode runs candidates as root here, and root ignores RLIMIT_NPROC")
     tag = f"sbxbomb{uuid.uuid4().hex[:6]}"
+    before = set(our_children())
     result, seconds = run(tagged(tag) + bomb, mode=mode, timeout_s=1.5)
     assert result.status in ("timeout", "killed", "failed") and not result.passed
-    assert seconds < 6.0
-    assert processes(tag) == [] and our_children() == []
+    assert seconds < 12.0
+    assert processes(tag) == [] and set(our_children()) <= before
     start = time.monotonic()  # the host still starts processes promptly
-    subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=10)
-    assert time.monotonic() - start < 5.0
+    subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=30)
+    assert time.monotonic() - start < 10.0
 
 
 def test_file_writes_stay_in_the_sandbox(mode, tmp_path):
@@ -216,9 +238,8 @@ for connect in (lambda: socket.create_connection(("1.1.1.1", 80), timeout=1),
         continue
     raise SystemExit("connected")
 """
-    result, seconds = run(body, mode=mode)
-    assert result.status == "passed", result
-    assert seconds < 3.0
+    result, _ = run(body, mode=mode)
+    assert result.status == "passed", result  # every attempt failed fast: a hanging one would time out at 3 s
 
 
 # ---------------------------------------------------------------------------------------------- end to end
