@@ -22,7 +22,6 @@ as a script (`_launcher`): standard library only, no torch, no dagster.
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
@@ -59,23 +58,18 @@ class ExecResult:
 
 def load_humaneval(path) -> list[CodeProblem]:
     """Problems of a HumanEval-format .jsonl (or .jsonl.gz) file, in file order."""
-    path, problems, seen = str(path), [], set()
-    with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: expected a JSON object ({e.msg})") from None
-            bad = [k for k in FIELDS if not isinstance(row, dict) or not isinstance(row.get(k), str)]
-            if bad:
-                raise ValueError(f"{path}:{lineno}: expected a JSON object with string fields "
-                                 f"{', '.join(FIELDS)} (missing or not a string: {', '.join(bad)})")
-            if row["task_id"] in seen:
-                raise ValueError(f"{path}:{lineno}: duplicate task_id {row['task_id']!r}")
-            seen.add(row["task_id"])
-            problems.append(CodeProblem(**{k: row[k] for k in FIELDS}))
+    from minigpt_assets.evaluation.jsonl import iter_jsonl
+
+    problems, seen = [], set()
+    for lineno, row in iter_jsonl(path):
+        bad = [k for k in FIELDS if not isinstance(row.get(k), str)]
+        if bad:
+            raise ValueError(f"{path}:{lineno}: expected a JSON object with string fields "
+                             f"{', '.join(FIELDS)} (missing or not a string: {', '.join(bad)})")
+        if row["task_id"] in seen:
+            raise ValueError(f"{path}:{lineno}: duplicate task_id {row['task_id']!r}")
+        seen.add(row["task_id"])
+        problems.append(CodeProblem(**{k: row[k] for k in FIELDS}))
     return problems
 
 

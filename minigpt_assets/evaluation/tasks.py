@@ -40,7 +40,7 @@ FORMATS = ("arc", "hellaswag", "piqa", "mmlu", "winogrande", "lambada", "choice"
 
 # ---------------------------------------------------------------------------------------------- reading rows
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a .jsonl / .json / .parquet file; one clear error (file:line: problem) on a malformed one."""
+    """Rows of a .jsonl(.gz) / .json / .parquet file; one clear error (file:line: problem) on a malformed one."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
@@ -56,19 +56,9 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of rows")
         return data
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object per line")
-            rows.append(row)
-    return rows
+    from minigpt_assets.evaluation.jsonl import iter_jsonl
+
+    return [row for _, row in iter_jsonl(path)]
 
 
 # ---------------------------------------------------------------------------------------------- formats

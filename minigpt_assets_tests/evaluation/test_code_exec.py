@@ -108,7 +108,7 @@ def test_load_humaneval(tmp_path):
     with gzip.open(tmp_path / "toy.jsonl.gz", "wt") as f:
         f.write(path.read_text())
     assert load_humaneval(tmp_path / "toy.jsonl.gz") == [ADD, MAX]
-    for bad, expect in [('{"task_id": "x"', "expected a JSON object"), ('[1, 2]', "missing or not a string"),
+    for bad, expect in [('{"task_id": "x"', "not valid JSON"), ('[1, 2]', "expected a JSON object"),
                         (json.dumps({**rows[1], "test": None}), "not a string: test"),
                         (json.dumps(rows[0]), "duplicate task_id")]:
         path.write_text(json.dumps(rows[0]) + "\n" + bad + "\n")
