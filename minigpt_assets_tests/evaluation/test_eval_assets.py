@@ -112,6 +112,13 @@ def test_benchmark_scores_and_comparison(tiny_training_recipes, tmp_path, capsys
     assert main(["--home", str(s.home), "--recipes", str(tiny_training_recipes), "evaluate", "--experiment", "nope",
                  "--mixture", "mix"]) == 1
 
+    # editing an eval recipe re-evaluates every run and re-compares; nothing else
+    cont = tiny_training_recipes / "evals/cont.yaml"
+    cont.write_text(cont.read_text().replace("examples: 20", "examples: 10"))
+    ran = {(o.asset, o.partition) for o in materialize_graph(s, **QUIET) if o.ok and not o.fresh}
+    assert ran == {("benchmark_scores", "exp|mix"), ("benchmark_scores", "exp|mix2"),
+                   ("experiment_comparison", None)}, ran
+
     # a limit on contamination makes the mixture's blocking check fail, which blocks training on it
     mc = tiny_training_recipes / "evals/mc.yaml"
     mc.write_text(mc.read_text() + "max_contamination: 0.0\n")
