@@ -274,20 +274,57 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from minigpt_assets.data.bench import run_data_bench
 
         return run_data_bench(_settings(args), docs=args.docs)
+    settings = _settings(args)
+    cat = Catalog.load_or_raise(settings.recipes, check_files=False)
+    models = args.models.split(",") if args.models else None
+    unknown = [m for m in models or [] if m not in cat.models]
+    if unknown:
+        return _fail(f"bench {args.what}: --models: unknown model recipe(s) {', '.join(unknown)} "
+                     f"(known: {', '.join(sorted(cat.models))})")
     if args.what == "model":
         from minigpt_assets.models.bench import run_model_bench
 
-        settings = _settings(args)
-        cat = Catalog.load_or_raise(settings.recipes, check_files=False)
-        models = args.models.split(",") if args.models else None
-        unknown = [m for m in models or [] if m not in cat.models]
-        if unknown:
-            return _fail(f"bench model: --models: unknown model recipe(s) {', '.join(unknown)} "
-                         f"(known: {', '.join(sorted(cat.models))})")
         return run_model_bench(settings.recipes, models, args.device, args.dtype, args.batch, args.seq,
                                args.steps, args.impls.split(",") if args.impls else None, args.compile,
                                Path(args.json) if args.json else None)
-    return _fail(f"bench: unknown benchmark {args.what!r} (expected: data, model)")
+    if args.what == "eval":
+        return _bench_eval(args, settings, models)
+    return _fail(f"bench: unknown benchmark {args.what!r} (expected: data, model, eval)")
+
+
+def _bench_eval(args: argparse.Namespace, settings, models: list[str] | None) -> int:
+    import json
+
+    from minigpt_assets.evaluation import bench as B
+
+    tasks = args.tasks.split(",") if args.tasks else None
+    if bad := [t for t in tasks or [] if t not in B.TASKS]:
+        return _fail(f"bench eval: --tasks: unknown task(s) {', '.join(bad)} (known: {', '.join(B.TASKS)})")
+    impls = tuple(args.impls.split(",")) if args.impls else ("ours", "lm-eval")
+    if bad := [i for i in impls if i not in ("ours", "lm-eval")]:
+        return _fail(f"bench eval: --impls: unknown implementation(s) {', '.join(bad)} (known: ours, lm-eval)")
+    if "lm-eval" in impls:
+        try:
+            import lm_eval  # noqa: F401
+        except ImportError:
+            return _fail("bench eval: lm-evaluation-harness is not installed (pip install -e '.[lm-eval]'), "
+                         "or pass --impls ours")
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    where = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print(f"bench eval: log-likelihood tasks, ours next to lm-evaluation-harness on the same model and rows, "
+          f"on {where}; torch {torch.__version__}", flush=True)
+    rows = B.run_eval_bench(settings.recipes, models, device, args.dtype, args.batch, args.examples, tasks,
+                            args.fewshot, impls)
+    if not rows:
+        return 1
+    r0 = rows[0]
+    print(f"\n{r0['dtype']}, batch {r0['batch']}, {r0['num_fewshot']}-shot; seconds exclude loading (load_s)")
+    print(format_table(list(B.COLUMNS), [tuple(r.get(c) for c in B.COLUMNS) for r in rows]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -425,17 +462,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.set_defaults(func=cmd_analyze_mixture)
     s = sub.add_parser("bench", parents=[common], help="benchmarks that print tables")
-    s.add_argument("what", choices=["data", "model"])
+    s.add_argument("what", choices=["data", "model", "eval"])
     s.add_argument("--docs", type=int, default=6000, help="data: documents per benchmark input")
-    s.add_argument("--models", help="model: comma-separated model recipes (default: small ones on CPU)")
-    s.add_argument("--impls", help="model: comma-separated of hf,ours,ours+docmask,ours+ckpt")
-    s.add_argument("--device", help="model: cpu or cuda (default: cuda when available)")
-    s.add_argument("--dtype", help="model: float32 or bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
-    s.add_argument("--batch", type=int, help="model: sequences per step")
+    s.add_argument("--models", help="model, eval: comma-separated model recipes (default: small ones on CPU)")
+    s.add_argument("--impls", help="model: comma-separated of hf,ours,ours+docmask,ours+ckpt; eval: ours,lm-eval")
+    s.add_argument("--device", help="model, eval: cpu or cuda (default: cuda when available)")
+    s.add_argument("--dtype", help="model, eval: float32 or bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
+    s.add_argument("--batch", type=int, help="model: sequences per step; eval: requests per forward pass")
+    s.add_argument("--examples", type=int, default=200, help="eval: examples per task")
+    s.add_argument("--tasks", help="eval: comma-separated of hellaswag,arc_easy,mmlu,lambada_openai")
+    s.add_argument("--fewshot", type=int, default=0, help="eval: few-shot examples per prompt")
     s.add_argument("--seq", type=int, help="model: tokens per sequence")
     s.add_argument("--steps", type=int, default=5, help="model: timed steps")
     s.add_argument("--compile", action="store_true", help="model: torch.compile every variant")
-    s.add_argument("--json", help="model: also write the rows to this JSON file")
+    s.add_argument("--json", help="model, eval: also write the rows to this JSON file")
     s.set_defaults(func=cmd_bench)
     s = sub.add_parser("train", parents=[common], help="train one stage of an experiment on a mixture")
     s.add_argument("--mixture", required=True)

@@ -445,7 +445,7 @@ def gen_man_pages(max_documents: int = 3000, languages: list[str] | None = None,
 
 # ------------------------------------------------------------------------------------------------ web-like
 @lru_cache(maxsize=2)
-def _sentences() -> tuple[str, ...]:
+def english_sentences() -> tuple[str, ...]:
     """Real English sentences from stdlib docstrings (prose only: no code, no tables), deduplicated, in order."""
     out = []
     for _, text, _ in _docstring_documents(50):
@@ -609,7 +609,7 @@ def gen_synthetic_web(num_documents: int = 3000, seed: int = 13) -> Iterator[Ite
     `copy_of_docstrings` (the python_docstrings key whose text a cross_dup page repeats verbatim).
     """
     rng = random.Random(seed)
-    sents = _sentences()
+    sents = english_sentences()
     docs = _docstring_documents(50)
     n = num_documents
     counts = {k: int(share * n) for k, share in WEB_SHARES.items()}
@@ -694,7 +694,7 @@ def gen_synthetic_spam(num_documents: int = 1500, seed: int = 7) -> Iterator[Ite
     """Low-quality pages in the style of web spam (keyword lists, promotions, link farms, SEO text, character
     noise...): negative examples for the quality classifier. Templates differ from synthetic_web's spam."""
     rng = random.Random(seed)
-    sents = _sentences()
+    sents = english_sentences()
     for i in range(num_documents):
         style = SPAM_STYLES[rng.randrange(len(SPAM_STYLES))]
         yield f"spam/{i:06d}", _spam_doc(rng, sents, style), {"style": style}

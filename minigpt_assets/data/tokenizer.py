@@ -11,9 +11,6 @@ from minigpt_assets.recipes import TokenizerRecipe, expand_location
 
 def train_tokenizer(doc_paths: list[Path], recipe: TokenizerRecipe, out_dir: Path) -> dict[str, float]:
     """Write an HF tokenizer folder (tokenizer.json, tokenizer_config.json, ...) that AutoTokenizer loads."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     out_dir = Path(out_dir)
     if recipe.kind == "pretrained":
         src = Path(expand_location(recipe.path))
@@ -26,7 +23,14 @@ def train_tokenizer(doc_paths: list[Path], recipe: TokenizerRecipe, out_dir: Pat
     docs = sample_documents(doc_paths, recipe.sample_documents, recipe.seed)
     if not docs:
         raise ValueError("no documents to train the tokenizer on (are its sources empty?)")
-    texts = [d["text"][: recipe.max_chars_per_document] for d in docs]
+    return train_bpe([d["text"][: recipe.max_chars_per_document] for d in docs], recipe, out_dir)
+
+
+def train_bpe(texts: list[str], recipe: TokenizerRecipe, out_dir: Path) -> dict[str, float]:
+    """A byte-level BPE of the recipe's settings trained on `texts`, saved as an HF folder in `out_dir`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -224,11 +224,23 @@ def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: 
     return ctx, whole[len(ctx):]
 
 
+def _logits_at(model: torch.nn.Module, ids: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Logits at the (row, position) pairs only: the LM head (a large share of the compute with a big vocabulary)
+    runs on the continuation positions, not on every context position."""
+    if hasattr(model, "hidden_states") and hasattr(model, "lm_head"):
+        return model.lm_head(model.hidden_states(ids)[rows, pos])
+    return model(ids)[rows, pos]
+
+
 @torch.no_grad()
 def loglikelihoods(model: torch.nn.Module, encode: Callable[[str], list[int]], requests: list[tuple[str, str]],
                    max_len: int, prefix_id: int | None = None, batch_size: int = 16,
                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> list[tuple[float, bool]]:
-    """(sum of log-probabilities of the continuation, whether it is the greedy continuation) per request."""
+    """(sum of log-probabilities of the continuation, whether it is the greedy continuation) per request.
+
+    Requests whose inputs (every token but the last) are equal share one row of the batch, so the choices of a
+    question with one-token answers (MMLU's " A" .. " D") cost one forward pass, as lm-eval's context grouping
+    does; `batch_size` counts such rows. Rows are sorted by length so that similar lengths share a batch."""
     model.eval()
     device = torch.device(device)
     toks: list[tuple[list[int], int]] = []  # (input ids, number of continuation tokens)
@@ -242,28 +254,37 @@ def loglikelihoods(model: torch.nn.Module, encode: Callable[[str], list[int]], r
             raise ValueError(f"empty continuation after tokenization: {cont!r}")
         whole = (cenc + contenc)[-(max_len + 1):]
         toks.append((whole, len(contenc)))
+    shared: dict[tuple[int, ...], list[int]] = {}  # input ids -> the requests that feed them
+    for i, (whole, _) in enumerate(toks):
+        shared.setdefault(tuple(whole[:-1]), []).append(i)
+    inputs = sorted(shared, key=len, reverse=True)
     results: list[tuple[float, bool]] = [(0.0, False)] * len(toks)
-    order = sorted(range(len(toks)), key=lambda i: -len(toks[i][0]))  # similar lengths share a batch
-    for b in range(0, len(order), batch_size):
-        idx = order[b:b + batch_size]
-        width = max(len(toks[i][0]) - 1 for i in idx)
-        ids = torch.zeros(len(idx), width, dtype=torch.long)
-        target = torch.zeros(len(idx), width, dtype=torch.long)
-        mask = torch.zeros(len(idx), width, dtype=torch.bool)  # the continuation's positions
-        for r, i in enumerate(idx):
-            whole, n = toks[i]
-            ids[r, :len(whole) - 1] = torch.tensor(whole[:-1])
-            target[r, :len(whole) - 1] = torch.tensor(whole[1:])
-            mask[r, len(whole) - 1 - n:len(whole) - 1] = True
-        ids, target, mask = ids.to(device), target.to(device), mask.to(device)
+    for b in range(0, len(inputs), batch_size):
+        batch = inputs[b:b + batch_size]
+        ids = torch.zeros(len(batch), len(batch[0]), dtype=torch.long)
+        pairs: dict[tuple[int, int], int] = {}  # (row, position) -> index among the positions scored
+        entries: list[tuple[int, int, int]] = []  # (request, position index, target token) per continuation token
+        for r, key in enumerate(batch):
+            ids[r, :len(key)] = torch.tensor(key)
+            for i in shared[key]:
+                whole, n = toks[i]
+                for t in range(len(key) - n, len(key)):
+                    entries.append((i, pairs.setdefault((r, t), len(pairs)), whole[t + 1]))
+        rows, pos = (torch.tensor(x, device=device) for x in zip(*pairs))
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits = model(ids)
-        logp = torch.log_softmax(logits.float(), dim=-1)  # only per-token results leave the device
-        tok = logp.gather(-1, target[..., None]).squeeze(-1)
-        ll = (tok * mask).sum(-1).double().cpu().tolist()
-        greedy = ((logp.argmax(-1) == target) | ~mask).all(-1).cpu().tolist()
-        for r, i in enumerate(idx):
-            results[i] = (float(ll[r]), bool(greedy[r]))
+            logits = _logits_at(model, ids.to(device), rows, pos)
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (positions, vocab); only per-token results leave
+        at = torch.tensor([e[1] for e in entries], device=device)
+        target = torch.tensor([e[2] for e in entries], device=device)
+        tok = logp[at, target].double().cpu().tolist()
+        hit = (logp.argmax(-1)[at] == target).cpu().tolist()
+        sums: dict[int, list] = {}
+        for (i, _, _), lp, h in zip(entries, tok, hit):
+            acc = sums.setdefault(i, [0.0, True])
+            acc[0] += lp
+            acc[1] = acc[1] and bool(h)
+        for i, (lp, h) in sums.items():
+            results[i] = (float(lp), h)
     return results
 
 

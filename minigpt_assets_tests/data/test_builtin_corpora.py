@@ -80,7 +80,7 @@ def test_synthetic_web_plants_every_kind(web, docstrings):
     cross = [(t, m) for _, t, m in web if m["kind"] == "cross_dup"]
     assert all(doc_text[m["copy_of_docstrings"]] == t for t, m in cross)
     # clean pages are made of real docstring sentences inside web boilerplate
-    sents = set(bc._sentences())
+    sents = set(bc.english_sentences())
     clean = [t for _, t, m in web if m["kind"] == "clean"]
     assert all(any(line in bc.FOOTERS for line in t.splitlines()) for t in clean)
     assert sum(any(s in t for s in list(sents)[:2000]) for t in clean[:50]) > 10

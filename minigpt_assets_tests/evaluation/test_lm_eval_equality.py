@@ -13,6 +13,8 @@ import torch
 
 lm_eval = pytest.importorskip("lm_eval")
 
+from minigpt_assets.evaluation.lm_eval_ref import FORMAT_OF_TASK as FORMAT  # noqa: E402
+from minigpt_assets.evaluation.lm_eval_ref import lm_eval_samples, load_lm, sample_lls  # noqa: E402
 from minigpt_assets.evaluation.tasks import evaluate_task, load_docs  # noqa: E402
 from minigpt_assets.models import build_model, export_hf, make_config, save_model  # noqa: E402
 
@@ -46,23 +48,12 @@ def _rows(r: random.Random) -> dict[str, list[dict]]:
             "lambada_openai": lamb}
 
 
-FORMAT = {"arc_easy": "arc", "hellaswag": "hellaswag", "piqa": "piqa", "mmlu": "mmlu", "winogrande": "winogrande",
-          "lambada_openai": "lambada"}
-
-
 def _tokenizer(folder: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from minigpt_assets.data.tokenizer import train_bpe
+    from minigpt_assets.recipes import TokenizerRecipe
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     r = random.Random(0)
-    tok.train_from_iterator([_sentence(r, 30) for _ in range(300)], trainer=trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                            pad_token="<|endoftext|>").save_pretrained(str(folder))
+    train_bpe([_sentence(r, 30) for _ in range(300)], TokenizerRecipe(vocab_size=400, min_frequency=1), folder)
 
 
 @pytest.fixture(scope="module")
@@ -88,43 +79,10 @@ def setup(tmp_path_factory):
     return root, model, files
 
 
-def _lm_eval(root: Path, files: dict[str, Path], num_fewshot: int) -> dict[str, list[dict]]:
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-
-    lm = HFLM(pretrained=str(root / "hf"), device="cpu", batch_size=4, dtype="float32")
-    specs = []
-    for task, path in files.items():
-        spec = {"task": task, "dataset_path": "json", "dataset_name": None,
-                "dataset_kwargs": {"data_files": {"test": str(path), "validation": str(path), "train": str(path),
-                                                  "dev": str(path)}}}
-        if task == "mmlu":  # our file mixes subjects; lm-eval's mmlu_<subject> tasks are one subject each
-            continue
-        specs.append(spec)
-    mm = json.loads(files["mmlu"].read_text().replace("}\n{", "},{").join("[]"))
-    for subj in sorted({x["subject"] for x in mm}):
-        p = root / f"mmlu_{subj}.jsonl"
-        p.write_text("".join(json.dumps(x) + "\n" for x in mm if x["subject"] == subj))
-        specs.append({"task": f"mmlu_{subj}", "dataset_path": "json", "dataset_name": None,
-                      "dataset_kwargs": {"data_files": {"test": str(p), "dev": str(p)}}})
-    tm = TaskManager()
-    # lm-eval's own registered config of each task (templates, preprocessing, splits), only the data swapped for
-    # the local file (an inline dict would replace the registered config instead of overriding it)
-    tasks = [tm._factory.build(tm._entry(s["task"]), overrides=s, registry=tm._index) for s in specs]
-    out = simple_evaluate(model=lm, tasks=tasks, task_manager=tm, num_fewshot=num_fewshot,
-                          log_samples=True, bootstrap_iters=0, random_seed=0, numpy_random_seed=1234,
-                          torch_random_seed=1234, fewshot_random_seed=1234)
-    samples = out["samples"]
-    samples["mmlu"] = [s for k in sorted(samples) if k.startswith("mmlu_") for s in
-                       sorted(samples[k], key=lambda s: s["doc_id"])]
-    return samples
-
-
 @pytest.mark.parametrize("num_fewshot", [0, 2])
 def test_scores_equal_lm_eval(setup, num_fewshot):
     root, model, files = setup
-    ref = _lm_eval(root, files, num_fewshot)
+    ref, _ = lm_eval_samples(load_lm(root / "hf"), files, num_fewshot, work=root)
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(root / "tok" / "tokenizer.json"))
@@ -144,10 +102,10 @@ def test_scores_equal_lm_eval(setup, num_fewshot):
         ours = evaluate_task(model, encode, fmt, docs, max_len=256, num_fewshot=num_fewshot,
                              fewshot_docs=None if same else docs, sampler=sampler,
                              prefix_id=tok.token_to_id("<|im_start|>"), batch_size=4)
-        theirs = sorted(ref[task], key=lambda s: s["doc_id"]) if task != "mmlu" else ref[task]
+        theirs = ref[task]
         assert len(ours) == len(theirs) == len(docs)
         for o, t in zip(ours, theirs):
-            lls = [float(r[0][0]) for r in t["resps"]]
+            lls = sample_lls(t)
             assert o.lls == pytest.approx(lls, abs=1e-4), (task, t["doc_id"])
             for metric in ("acc", "acc_norm"):
                 if metric in t:
