@@ -357,12 +357,21 @@ def _model_errors():
 
 
 def cmd_export_hf(args: argparse.Namespace) -> int:
-    from minigpt_assets.models.interop import export_hf
+    import warnings
+
+    from minigpt_assets.models.interop import TokenizerMismatchWarning, export_hf
 
     try:
-        out = export_hf(args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TokenizerMismatchWarning)
+            out = export_hf(args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer)
     except _model_errors() as e:
         return _fail(f"export-hf: {e}")
+    for w in caught:
+        if issubclass(w.category, TokenizerMismatchWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}))")
     return 0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 MODEL_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # model names keep their version dots: llama-3.2-1b
@@ -268,6 +268,17 @@ class TokenizerRecipe(Model):
     pad_token: str = "<|endoftext|>"
     chat_template: str = CHATML_TEMPLATE
     seed: int = 0
+    # how text is split before BPE: GPT-2's byte-level regex, or Qwen2's (digits one by one, NFC first). transformers
+    # 5 rebuilds the tokenizer of a Qwen2 export (model_type qwen2) with Qwen2's split whatever tokenizer.json says,
+    # so a qwen2-family model exported for transformers / lm-eval needs `qwen2` to tokenize as it was trained.
+    pre_tokenizer: Literal["bytelevel", "qwen2"] = "bytelevel"
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        out = handler(self)
+        if out.get("pre_tokenizer") == "bytelevel":  # the default stays out of the content hash: recipes written
+            out.pop("pre_tokenizer")                   # before the field existed keep their version
+        return out
 
     def model_post_init(self, _ctx: Any) -> None:
         if self.kind == "pretrained" and not self.path:

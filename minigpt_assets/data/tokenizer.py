@@ -28,11 +28,19 @@ def train_tokenizer(doc_paths: list[Path], recipe: TokenizerRecipe, out_dir: Pat
 
 def train_bpe(texts: list[str], recipe: TokenizerRecipe, out_dir: Path) -> dict[str, float]:
     """A byte-level BPE of the recipe's settings trained on `texts`, saved as an HF folder in `out_dir`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if recipe.pre_tokenizer == "qwen2":  # exactly what transformers' Qwen2Tokenizer builds around vocab + merges
+        from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=recipe.vocab_size, min_frequency=recipe.min_frequency,
                                   special_tokens=list(recipe.special_tokens), show_progress=False,

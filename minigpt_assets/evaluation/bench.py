@@ -8,7 +8,8 @@ mmlu and lambada_openai are made from the same sentences (so lengths are those o
 task configs on its `HFLM` over the export (`lm_eval_ref`). Both get the same device, dtype and batch size,
 and a warm-up on 4 examples first. Timings cover building requests, tokenizing, the forward passes and the
 metrics; model loading is a separate column. Agreement: the largest difference between the two per-request
-log-likelihoods, and the fraction of examples whose acc / acc_norm decisions are equal.
+log-likelihoods, and the fraction of examples whose acc / acc_norm decisions are equal. `tokens_per_s` counts
+the tokens of every request (context and continuation, as if each ran on its own) per second.
 """
 
 from __future__ import annotations
@@ -65,12 +66,12 @@ def make_rows(task: str, n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def _bench_tokenizer(folder: Path, vocab_size: int) -> None:
+def _bench_tokenizer(folder: Path, vocab_size: int, pre_tokenizer: str = "bytelevel") -> None:
     from minigpt_assets.data.builtin_corpora import english_sentences
     from minigpt_assets.data.tokenizer import train_bpe
     from minigpt_assets.recipes import TokenizerRecipe
 
-    train_bpe(list(english_sentences()), TokenizerRecipe(vocab_size=vocab_size), folder)
+    train_bpe(list(english_sentences()), TokenizerRecipe(vocab_size=vocab_size, pre_tokenizer=pre_tokenizer), folder)
 
 
 def _sync(device: str) -> None:
@@ -134,18 +135,25 @@ def _ours(folder: Path, files: dict[str, Path], device: str, dtype: str, batch: 
 
 def _theirs(hf: Path, files: dict[str, Path], device: str, dtype: str, batch: int, num_fewshot: int,
             work: Path) -> tuple[float, dict[str, tuple[float, list]]]:
+    import contextlib
+    import io
+    import logging
+
     from minigpt_assets.evaluation.lm_eval_ref import lm_eval_samples, load_lm
 
-    t0 = time.perf_counter()
-    lm = load_lm(hf, device, batch, dtype)
-    _sync(device)
-    load_s = time.perf_counter() - t0
-    first = next(iter(files))
-    lm_eval_samples(lm, {first: files[first]}, num_fewshot, work, limit=4)  # warm-up
-    out = {}
-    for task, path in files.items():
-        samples, secs = lm_eval_samples(lm, {task: path}, num_fewshot, work)
-        out[task] = (secs, samples[task])
+    for name in ("lm_eval", "datasets"):  # its per-task notices and progress bars would bury the table
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with contextlib.redirect_stderr(io.StringIO()):
+        t0 = time.perf_counter()
+        lm = load_lm(hf, device, batch, dtype)
+        _sync(device)
+        load_s = time.perf_counter() - t0
+        first = next(iter(files))
+        lm_eval_samples(lm, {first: files[first]}, num_fewshot, work, limit=4)  # warm-up
+        out = {}
+        for task, path in files.items():
+            samples, secs = lm_eval_samples(lm, {task: path}, num_fewshot, work)
+            out[task] = (secs, samples[task])
     del lm
     return load_s, out
 
@@ -169,6 +177,7 @@ def run_eval_bench(recipes_dir: Path, models: list[str] | None = None, device: s
     import torch
 
     from minigpt_assets.models import build_model, export_hf, save_model
+    from minigpt_assets.models.interop import hf_config
     from minigpt_assets.recipes import Catalog
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -185,18 +194,19 @@ def run_eval_bench(recipes_dir: Path, models: list[str] | None = None, device: s
         for task in tasks:
             files[task] = work / f"{task}.jsonl"
             files[task].write_text("".join(json.dumps(x) + "\n" for x in make_rows(task, examples)))
-        toks: dict[int, Path] = {}
+        toks: dict[tuple[int, str], Path] = {}
         for name in models:
             cfg = cat.models[name]
-            vocab = min(cfg.vocab_size, 8192)
-            if vocab not in toks:
-                toks[vocab] = work / f"tok{vocab}"
-                _bench_tokenizer(toks[vocab], vocab)
+            # a qwen2 export gets its tokenizer rebuilt by transformers with Qwen2's split (see TokenizerRecipe)
+            key = (min(cfg.vocab_size, 8192), "qwen2" if hf_config(cfg)["model_type"] == "qwen2" else "bytelevel")
+            if key not in toks:
+                toks[key] = work / f"tok{key[0]}-{key[1]}"
+                _bench_tokenizer(toks[key], *key)
             torch.manual_seed(0)
             model = build_model(cfg)
             params = sum(p.numel() for p in model.parameters())
-            save_model(model, work / name / "ours", tokenizer=toks[vocab])
-            export_hf(model, work / name / "hf", dtype=dtype, tokenizer=toks[vocab])
+            save_model(model, work / name / "ours", tokenizer=toks[key])
+            export_hf(model, work / name / "hf", dtype=dtype, tokenizer=toks[key])
             del model
             results: dict[str, tuple[float, dict, float | None]] = {}
             tokens: dict[str, int] = {}

@@ -325,7 +325,46 @@ def export_hf(src: str | Path, out: str | Path, dtype: str | None = None, tokeni
     save_file(sd, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
     tok_src = tokenizer or (src if not isinstance(src, torch.nn.Module) else None)
     _copy_tokenizer(Path(tok_src) if tok_src else None, tmp)
-    return _publish(tmp, out)
+    out = _publish(tmp, out)
+    if problem := tokenizer_fidelity(out):
+        import warnings
+
+        warnings.warn(problem, TokenizerMismatchWarning, stacklevel=2)
+    return out
+
+
+class TokenizerMismatchWarning(UserWarning):
+    """transformers loads an exported tokenizer that splits text differently from the one the model trained with."""
+
+
+# texts on which pre-tokenizers disagree: digit runs, contractions, spacing, newlines, unnormalized unicode
+FIDELITY_PROBES = ("The year 2024 had 365 days; pi is 3.14159.", "It's what they'd said: we'll see, I'm sure.",
+                   "def f(x):\n    return x  +  1\n\n\n# done", "cafe\u0301 na\u0131ve \u00e9t\u00e9 \u65e5\u672c\u8a9e",
+                   "  leading spaces,\ttabs and trailing   ", "!!! ??? ... --- ***")
+
+
+def tokenizer_fidelity(folder: str | Path) -> str | None:
+    """None when `transformers.AutoTokenizer` reads the folder's tokenizer as tokenizer.json defines it (the same
+    ids on probe texts), else one line saying what differs. transformers 5 rebuilds some model types' tokenizers
+    from vocab and merges with its own pre-tokenizer (Qwen2's), whatever tokenizer.json says."""
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").is_file():
+        return None
+    try:
+        import transformers
+        from tokenizers import Tokenizer
+    except ImportError:
+        return None
+    raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    auto = transformers.AutoTokenizer.from_pretrained(str(folder))
+    bad = [t for t in FIDELITY_PROBES if auto.encode(t, add_special_tokens=False) != raw.encode(t).ids]
+    if not bad:
+        return None
+    return (f"{folder}: transformers {transformers.__version__} loads this tokenizer as {type(auto).__name__}, which "
+            f"splits {len(bad)} of {len(FIDELITY_PROBES)} probe texts differently from tokenizer.json (e.g. "
+            f"{bad[0]!r}), so transformers and lm-eval would not see the tokens the model trained on; train the "
+            "tokenizer with `pre_tokenizer: qwen2` for qwen2-family models (minigpt evaluate reads tokenizer.json "
+            "as is)")
 
 
 def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -141,3 +141,35 @@ def test_minimind_state_dict_loads(moe, tmp_path):
     if moe:
         sd2 = load_minimind_state_dict(cfg, sd)
         assert sd2["model.layers.0.mlp.shared_experts.gate_proj.weight"].shape[0] == cfg.expert_size
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama"])
+def test_exported_tokenizer_tokenizes_as_trained_or_export_warns(family, tmp_path):
+    """transformers 5 rebuilds a qwen2 export's tokenizer with Qwen2's split: a byte-level (GPT-2 split) tokenizer
+    then tokenizes differently and export warns; trained with `pre_tokenizer: qwen2` it is the same tokenizer."""
+    import warnings
+
+    import transformers
+    from tokenizers import Tokenizer
+
+    from minigpt_assets.data.builtin_corpora import english_sentences
+    from minigpt_assets.data.tokenizer import train_bpe
+    from minigpt_assets.models.interop import FIDELITY_PROBES, TokenizerMismatchWarning
+    from minigpt_assets.recipes import TokenizerRecipe
+
+    texts = [*english_sentences()[:400], *FIDELITY_PROBES, "In 1999 they'd paid $1,234.56 for 12 items."]
+    model = build_model(make_config({**BASE, "vocab_size": 600, **CASES[family][0]}))
+    for pre in ("bytelevel", "qwen2"):
+        train_bpe(texts, TokenizerRecipe(vocab_size=600, pre_tokenizer=pre), tmp_path / f"tok-{pre}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = export_hf(model, tmp_path / f"hf-{pre}", tokenizer=tmp_path / f"tok-{pre}")
+        warned = [w for w in caught if issubclass(w.category, TokenizerMismatchWarning)]
+        auto = transformers.AutoTokenizer.from_pretrained(str(out))
+        raw = Tokenizer.from_file(str(out / "tokenizer.json"))
+        same = all(auto.encode(t, add_special_tokens=False) == raw.encode(t).ids for t in texts)
+        assert same == (not warned), (family, pre, [str(w.message) for w in warned])
+        if pre == "qwen2" or family != "qwen2":
+            assert same, (family, pre)  # only a qwen2 export of a GPT-2-split tokenizer differs
+        else:
+            assert "pre_tokenizer: qwen2" in str(warned[0].message)
