@@ -523,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see training.pipeline.launch_env
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -6,14 +6,21 @@ expected), so `dagster dev`, `dagster asset materialize` and `minigpt validate` 
 
 from __future__ import annotations
 
-import dagster as dg
+import os
 
-from minigpt_assets.defs import dedup, evaluation, filters, mixtures, quality, recipe_assets, sources, tokens, training
-from minigpt_assets.defs.automation import automation_sensor
-from minigpt_assets.defs.partitions import Partitions
-from minigpt_assets.defs.resources import ProjectResource
-from minigpt_assets.recipes import Catalog
-from minigpt_assets.settings import Settings
+# idle OpenMP threads sleep instead of spinning, so steps that run torch side by side share the cores (set before
+# torch loads in this process; training subprocesses get it from training.pipeline.launch_env)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import dagster as dg  # noqa: E402
+
+from minigpt_assets.defs import (  # noqa: E402
+    dedup, evaluation, filters, mixtures, quality, recipe_assets, sources, tokens, training)
+from minigpt_assets.defs.automation import automation_sensor  # noqa: E402
+from minigpt_assets.defs.partitions import Partitions  # noqa: E402
+from minigpt_assets.defs.resources import ProjectResource  # noqa: E402
+from minigpt_assets.recipes import Catalog  # noqa: E402
+from minigpt_assets.settings import Settings  # noqa: E402
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:

@@ -129,8 +129,7 @@ def _ours(folder: Path, files: dict[str, Path], device: str, dtype: str, batch: 
         out[task] = (time.perf_counter() - t0, res)
         reqs = [q for ex in build_examples(fmt, docs, num_fewshot, pool, sampler) for q in ex.requests]
         tokens[task] = sum(min(max_len + 1, sum(map(len, encode_pair(ev.encode, c, x)))) for c, x in reqs)
-    del ev
-    return load_s, out, tokens
+    return load_s, out, tokens  # the model is freed with this frame
 
 
 def _theirs(hf: Path, files: dict[str, Path], device: str, dtype: str, batch: int, num_fewshot: int,
@@ -154,7 +153,6 @@ def _theirs(hf: Path, files: dict[str, Path], device: str, dtype: str, batch: in
         for task, path in files.items():
             samples, secs = lm_eval_samples(lm, {task: path}, num_fewshot, work)
             out[task] = (secs, samples[task])
-    del lm
     return load_s, out
 
 

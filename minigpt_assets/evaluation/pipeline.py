@@ -108,7 +108,7 @@ def _evaluate_and_record(home: Path, cat: Catalog, model_path: Path, model_versi
                          wandb_cfg, dtype: str = "float32") -> EvalOutcome:
     import torch
 
-    from minigpt_assets.evaluation.stats import aggregate
+    from minigpt_assets.evaluation.stats import aggregate, with_perplexity
     from minigpt_assets.evaluation.suite import evaluate
 
     store = ArtifactStore(home)
@@ -121,7 +121,7 @@ def _evaluate_and_record(home: Path, cat: Catalog, model_path: Path, model_versi
                if isinstance(recipes[n], (BitsPerByteEval, HeldOutChoiceEval))}
     rows = evaluate(model_path, recipes, sources, held_out_reader(store, cat), device, log, getattr(torch, dtype))
     rows = [{"mixture": mixture, "experiment": experiment, "stage": stage, **r} for r in rows]
-    scores = [{**s, "stage": stage} for s in aggregate(rows)]
+    scores = [{**s, "stage": stage} for s in with_perplexity(aggregate(rows))]
     db = StatsDB(home)
     for name in names:  # one writer per (run, eval): evaluating one recipe again replaces only its rows
         key = f"{experiment}+{mixture}+{stage}+{name}"

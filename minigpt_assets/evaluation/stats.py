@@ -145,6 +145,20 @@ def aggregate(rows, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
     return out
 
 
+def with_perplexity(scores: list[dict]) -> list[dict]:
+    """`scores` plus a `perplexity` row for each `nats_per_token` row: exp of the value and of the interval's ends
+    (a percentile interval survives a monotone map), stderr by the delta method. Derived, so it is reported but
+    never tested on its own: its paired test would repeat the nats_per_token one."""
+    out = list(scores)
+    for s in scores:
+        if s["metric"] == "nats_per_token":
+            v = math.exp(s["value"]) if math.isfinite(s["value"]) else math.nan
+            out.append({**s, "metric": "perplexity", "value": v, "stderr": v * s["stderr"],
+                        "ci_low": math.exp(s["ci_low"]), "ci_high": math.exp(s["ci_high"]),
+                        "higher_is_better": False})
+    return out
+
+
 @dataclass(frozen=True)
 class Aligned:
     """Two runs' per-example values and weights on their shared examples (sorted by example id)."""

@@ -13,7 +13,7 @@ from scipy import stats as sps
 from minigpt_assets.evaluation.report import render_report
 from minigpt_assets.evaluation.stats import (aggregate, align, benjamini_hochberg, bootstrap_ci, compare,
                                              higher_is_better, holm, paired_test, ratio_stderr,
-                                             sign_flip_test)
+                                             sign_flip_test, with_perplexity)
 
 
 def _rows(run: tuple[str, str], task: str, metric: str, values, weights=None, ids=None):
@@ -50,6 +50,18 @@ def test_aggregate_ratio_for_bits_per_byte_and_arrow_input():
     e = bits - r * nbytes
     assert s["stderr"] == pytest.approx(math.sqrt((e @ e) / 6) / nbytes.mean())
     assert ratio_stderr(bits, nbytes) == pytest.approx(s["stderr"])
+
+
+def test_perplexity_is_exp_of_nats_per_token_with_its_interval():
+    nats = np.array([300.0, 120.0, 800.0, 410.0])
+    tokens = np.array([60.0, 30.0, 150.0, 90.0])
+    scores = with_perplexity(aggregate(_rows(("e", "m"), "web", "nats_per_token", nats, tokens)))
+    (npt,), (ppl,) = ([s for s in scores if s["metric"] == m] for m in ("nats_per_token", "perplexity"))
+    assert ppl["value"] == pytest.approx(math.exp(nats.sum() / tokens.sum())) and not ppl["higher_is_better"]
+    assert (ppl["ci_low"], ppl["ci_high"]) == pytest.approx((math.exp(npt["ci_low"]), math.exp(npt["ci_high"])))
+    assert ppl["stderr"] == pytest.approx(ppl["value"] * npt["stderr"]) and ppl["n"] == 4
+    assert with_perplexity(aggregate(_rows(("e", "m"), "arc", "acc", [1.0, 0.0]))) == aggregate(
+        _rows(("e", "m"), "arc", "acc", [1.0, 0.0]))  # nothing derived from other metrics
 
 
 def test_bootstrap_ci_coverage():

@@ -145,8 +145,8 @@ def test_minimind_state_dict_loads(moe, tmp_path):
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama"])
 def test_exported_tokenizer_tokenizes_as_trained_or_export_warns(family, tmp_path):
-    """transformers 5 rebuilds a qwen2 export's tokenizer with Qwen2's split: a byte-level (GPT-2 split) tokenizer
-    then tokenizes differently and export warns; trained with `pre_tokenizer: qwen2` it is the same tokenizer."""
+    """transformers 5 rebuilds a qwen2 export's tokenizer with Qwen2's split: a byte-level (GPT-2 split)
+    tokenizer then tokenizes differently and export warns; trained with `pre_tokenizer: qwen2` it is the same."""
     import warnings
 
     import transformers
