@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="with --model: its name in the tables (default: the folder name)")
     s.add_argument("--stage", help="stage name (default: the pretraining stage)")
     s.add_argument("--evals", help="comma-separated eval recipes (default: every one whose data is present)")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="autocast compute dtype (compare runs evaluated in the same one)")
     s.set_defaults(func=cmd_evaluate)

@@ -70,7 +70,7 @@ def _available_sources(store: ArtifactStore, cat: Catalog, names: list[str]) -> 
 
 
 def evaluate_run(home: Path, cat: Catalog, experiment: str, mixture: str, stage: str | None = None,
-                 evals: list[str] | None = None, device: str = "cpu",
+                 evals: list[str] | None = None, device: str | None = None,
                  log: Callable[[str], None] = lambda s: None, dtype: str = "float32") -> EvalOutcome:
     """The eval recipes on one run's published checkpoint of `stage` (default: its pretraining)."""
     if experiment not in cat.experiments:
@@ -87,7 +87,7 @@ def evaluate_run(home: Path, cat: Catalog, experiment: str, mixture: str, stage:
 
 
 def evaluate_folder(home: Path, cat: Catalog, folder: Path, name: str, stage: str = "pretrain",
-                    evals: list[str] | None = None, device: str = "cpu",
+                    evals: list[str] | None = None, device: str | None = None,
                     log: Callable[[str], None] = lambda s: None, dtype: str = "float32") -> EvalOutcome:
     """The eval recipes on any model folder (ours, or an HF export or download), recorded as experiment `name`,
     mixture `external`, so `minigpt compare` can put it next to the trained runs."""
@@ -104,7 +104,8 @@ def load_profile_wandb(compute: str):
 
 
 def _evaluate_and_record(home: Path, cat: Catalog, model_path: Path, model_version: str | None, experiment: str,
-                         mixture: str, stage: str, evals: list[str] | None, device: str, log, part: str | None,
+                         mixture: str, stage: str, evals: list[str] | None, device: str | None, log,
+                         part: str | None,
                          wandb_cfg, dtype: str = "float32") -> EvalOutcome:
     import torch
 
@@ -119,6 +120,8 @@ def _evaluate_and_record(home: Path, cat: Catalog, model_path: Path, model_versi
     recipes = {n: cat.evals[n] for n in names}
     sources = {n: _available_sources(store, cat, cat.eval_sources(n)) for n in names
                if isinstance(recipes[n], (BitsPerByteEval, HeldOutChoiceEval))}
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")  # fp32 on a GPU equals the CPU's scores
+    log(f"evaluating {model_path} on {device} ({dtype})")
     rows = evaluate(model_path, recipes, sources, held_out_reader(store, cat), device, log, getattr(torch, dtype))
     rows = [{"mixture": mixture, "experiment": experiment, "stage": stage, **r} for r in rows]
     scores = [{**s, "stage": stage} for s in with_perplexity(aggregate(rows))]
