@@ -97,7 +97,7 @@ def _peak_mb(device: str) -> float | None:
 
 
 def _ours(folder: Path, files: dict[str, Path], device: str, dtype: str, batch: int, num_fewshot: int,
-          max_len: int) -> tuple[float, dict[str, tuple[float, list]], int]:
+          max_len: int) -> tuple[float, dict[str, tuple[float, list]], dict[str, int]]:
     """(load seconds, {task: (seconds, results)}, tokens per task summed) for our scorer."""
     import torch
 

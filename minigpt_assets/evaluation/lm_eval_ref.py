@@ -9,6 +9,7 @@ config instead of overriding it, hence the task factory.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -37,6 +38,14 @@ def _specs(files: dict[str, Path], work: Path) -> list[dict]:
     return specs
 
 
+@functools.lru_cache(maxsize=1)
+def task_manager():
+    """lm-eval's task index (it reads every task config it ships: about 9 s, so once per process)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
 def load_lm(hf_dir: Path, device: str = "cpu", batch_size: int = 4, dtype: str = "float32"):
     from lm_eval.models.huggingface import HFLM
 
@@ -50,10 +59,9 @@ def lm_eval_samples(lm, files: dict[str, Path], num_fewshot: int = 0, work: Path
     import tempfile
 
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
     with tempfile.TemporaryDirectory() as tmp:
-        tm = TaskManager()
+        tm = task_manager()
         tasks = [tm._factory.build(tm._entry(s["task"]), overrides=s, registry=tm._index)
                  for s in _specs(files, Path(work or tmp))]
         t0 = time.perf_counter()
