@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from minigpt_assets.recipes import RECIPE_KINDS, Catalog, RecipeError
-from minigpt_assets.settings import Settings
+from minigpt_assets.settings import Settings, quiet_openmp
 
 
 def _common() -> argparse.ArgumentParser:
@@ -523,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see training.pipeline.launch_env
+    quiet_openmp()  # before torch loads
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

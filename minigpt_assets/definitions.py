@@ -6,11 +6,10 @@ expected), so `dagster dev`, `dagster asset materialize` and `minigpt validate` 
 
 from __future__ import annotations
 
-import os
+from minigpt_assets.settings import Settings, quiet_openmp
 
-# idle OpenMP threads sleep instead of spinning, so steps that run torch side by side share the cores (set before
-# torch loads in this process; training subprocesses get it from training.pipeline.launch_env)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# before torch loads (the stage modules below import it): steps that run torch side by side share the cores
+quiet_openmp()
 
 import dagster as dg  # noqa: E402
 
@@ -20,7 +19,6 @@ from minigpt_assets.defs.automation import automation_sensor  # noqa: E402
 from minigpt_assets.defs.partitions import Partitions  # noqa: E402
 from minigpt_assets.defs.resources import ProjectResource  # noqa: E402
 from minigpt_assets.recipes import Catalog  # noqa: E402
-from minigpt_assets.settings import Settings  # noqa: E402
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 from pathlib import Path
 
 import pytest
 
-# both xdist workers train on 2 cores: OpenMP threads that sleep when idle instead of spinning against each other
-# (set before any test imports torch; every subprocess inherits it)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from minigpt_assets.settings import quiet_openmp
+
+quiet_openmp()  # both xdist workers train on 2 cores (before any test imports torch; subprocesses inherit it)
 
 REPO = Path(__file__).resolve().parents[1]
 

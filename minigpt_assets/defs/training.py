@@ -14,7 +14,8 @@ from minigpt_assets.defs.partitions import Partitions
 from minigpt_assets.defs.resources import ProjectResource
 from minigpt_assets.recipes import Catalog
 from minigpt_assets.training.config import STAGE_SLOTS
-from minigpt_assets.training.pipeline import launch_env, train_stage
+from minigpt_assets.settings import quiet_openmp
+from minigpt_assets.training.pipeline import train_stage
 
 ASSET = "pretrained_model"
 SFT_ASSET = "sft_model"
@@ -55,7 +56,7 @@ def _stage_asset(name: str, slot: int, pdef: dg.MultiPartitionsDefinition, deps:
         stage = cat.experiments[experiment].stages[slot].stage_name
 
         def launch(command: list[str], _log: Path) -> int:
-            pipes.run(context=context, command=command, env=launch_env())  # torchrun passes it on; rank 0 reports
+            pipes.run(context=context, command=command, env=quiet_openmp())  # torchrun passes it on; rank 0 reports
             return 0  # a non-zero exit raises DagsterPipesExecutionError with the output
 
         out = train_stage(Path(project.home), cat, mixture, experiment, stage, launch=launch)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from minigpt_assets.recipes import Catalog
-from minigpt_assets.settings import TrainingProfile, load_profile
+from minigpt_assets.settings import TrainingProfile, load_profile, quiet_openmp
 from minigpt_assets.store import Artifact, ArtifactStore, StatsDB
 from minigpt_assets.training.config import STAGE_SLOTS, StageConfig
 
@@ -78,19 +78,11 @@ def launch_command(profile: TrainingProfile, spec: Path, node_rank: int | None =
     return [*profile.command_prefix, *run, *entry]
 
 
-def launch_env() -> dict[str, str]:
-    """Environment for a training process. OpenMP threads that sleep when idle (`OMP_WAIT_POLICY=PASSIVE`, unless
-    set): two CPU trainings side by side (the local profile runs two steps at once) then share the cores at full
-    throughput instead of spinning against each other (measured on 2 cores: 1,790 instead of 1,150 tokens/s each,
-    and no change for one run alone)."""
-    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-
-
 def subprocess_launcher(command: list[str], log: Path) -> int:
     """Run the stage in a child process (so a crash or a kill never takes the caller with it), echoing output."""
     with open(log, "a") as fh:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                env={**os.environ, **launch_env()})
+                                env={**os.environ, **quiet_openmp()})
         assert proc.stdout is not None
         for line in proc.stdout:
             fh.write(line)
