@@ -47,7 +47,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         assets=assets,
         executor=executor,
         asset_checks=checks,
-        sensors=[automation_sensor()],
+        sensors=[automation_sensor(), recipe_assets.recipe_sensor(parts)],
         resources={"project": ProjectResource.from_settings(settings), "pipes": dg.PipesSubprocessClient()},
     )
 

@@ -185,27 +185,3 @@ def test_only_what_changed(tiny_recipes, tmp_path):
 
     # forcing runs everything again
     assert len(_ran(materialize_graph(s, force=True, **quiet))) == 15
-
-
-def test_automation_conditions_request_what_changed(tiny_recipes, tmp_path):
-    """What the daemon under `dagster dev` would launch: nothing when fresh, the edited mixture after an edit."""
-    from minigpt_assets.defs.partitions import Partitions
-    from minigpt_assets.defs.recipe_assets import report_versions
-    from minigpt_assets.defs.runner import instance_for
-    from minigpt_assets.recipes import Catalog
-
-    s = _settings(tmp_path, tiny_recipes)
-    assert all(o.ok for o in materialize_graph(s, log=lambda _: None))
-    defs = build_definitions(s)
-    instance = instance_for(s)
-    r = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-    assert r.total_requested == 0  # everything is fresh: the daemon launches nothing
-    r = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=r.cursor)
-    assert r.total_requested == 0
-    mx = tiny_recipes / "mixtures/mix.yaml"
-    mx.write_text(mx.read_text().replace("seq_len: 32", "seq_len: 64"))
-    cat = Catalog.load_or_raise(tiny_recipes)
-    report_versions(instance, cat, Partitions.from_catalog(cat))
-    r = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=r.cursor)
-    assert r.get_requested_partitions(dg.AssetKey("mixture")) == {"mix"}
-    assert r.total_requested == 1

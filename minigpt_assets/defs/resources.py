@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+from pydantic import PrivateAttr
 
+from minigpt_assets.defs.partitions import Partitions
+from minigpt_assets.defs.recipe_versions import report_versions
 from minigpt_assets.recipes import Catalog
 from minigpt_assets.settings import Settings
 from minigpt_assets.store import ArtifactStore, StatsDB
@@ -17,6 +20,10 @@ class ProjectResource(dg.ConfigurableResource):
     home: str
     recipes: str
     workers: int = 2
+    _instance: dg.DagsterInstance | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._instance = context.instance
 
     @classmethod
     def from_settings(cls, s: Settings) -> "ProjectResource":
@@ -28,9 +35,14 @@ class ProjectResource(dg.ConfigurableResource):
     def stats(self) -> StatsDB:
         return StatsDB(self.home)
 
-    def catalog(self) -> Catalog:
-        """Re-read the recipes at run time: the run uses the bytes on disk now, and records their hash."""
-        return Catalog.load_or_raise(Path(self.recipes))
+    def catalog(self, record: bool = True) -> Catalog:
+        """Re-read the recipes at run time: the run uses the bytes on disk now, and records their hash. In a run,
+        a recipe whose hash the instance has not seen yet is recorded as an observation first, so the
+        materialization that follows lists the version it read (not an older one the daemon would re-run for)."""
+        cat = Catalog.load_or_raise(Path(self.recipes))
+        if record and self._instance is not None:
+            report_versions(self._instance, cat, Partitions.from_catalog(cat))
+        return cat
 
     def scratch(self, name: str) -> Path:
         p = Path(self.home) / "cache" / name

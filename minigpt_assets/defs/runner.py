@@ -15,7 +15,7 @@ import dagster as dg
 
 from minigpt_assets.definitions import build_definitions
 from minigpt_assets.defs.partitions import Partitions
-from minigpt_assets.defs.recipe_assets import report_versions
+from minigpt_assets.defs.recipe_versions import report_versions
 from minigpt_assets.recipes import Catalog
 from minigpt_assets.settings import Settings
 
