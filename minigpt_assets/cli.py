@@ -274,6 +274,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from minigpt_assets.data.bench import run_data_bench
 
         return run_data_bench(_settings(args), docs=args.docs)
+    if args.what == "backfill":
+        return _bench_backfill(args)
     settings = _settings(args)
     cat = Catalog.load_or_raise(settings.recipes, check_files=False)
     models = args.models.split(",") if args.models else None
@@ -289,7 +291,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                Path(args.json) if args.json else None)
     if args.what == "eval":
         return _bench_eval(args, settings, models)
-    return _fail(f"bench: unknown benchmark {args.what!r} (expected: data, model, eval)")
+    return _fail(f"bench: unknown benchmark {args.what!r} (expected: data, model, eval, backfill)")
+
+
+def _bench_backfill(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    try:
+        Catalog.load_or_raise(settings.recipes)
+    except RecipeError as e:
+        return _fail(str(e).splitlines())
+    from minigpt_assets.defs.ui import run_backfill_bench
+
+    root = settings.home / "bench-backfill"
+    print(f"bench backfill: every asset and partition of {settings.recipes}, on fresh homes under {root}, "
+          f"profile max_concurrent_runs={settings.profile.max_concurrent_runs}, executor={settings.profile.executor}")
+    rows, edit = run_backfill_bench(settings, root, args.port, args.idle, args.timeout, args.edit_mixture)
+    base = rows[0]["seconds"]
+    print()
+    print(format_table(["path", "status", "wall s", "vs minigpt materialize", "runs", f"runs in {args.idle:.0f} s idle after"],
+                       [(r["path"], r["status"], round(r["seconds"], 1), f"{r['seconds'] / base:.2f}x", r["runs"],
+                         r["runs_after_idle"]) for r in rows]))
+    if edit:
+        print(f"\nafter editing the seed of {edit['mixture']}: {edit['runs']} runs launched by the daemon in "
+              f"{edit['seconds']:.0f} s, materializing {len(edit['materialized'])} asset partitions "
+              f"({edit['repeated']} twice):")
+        for asset, part in edit["materialized"]:
+            print(f"  {asset}[{part}]" if part else f"  {asset}")
+    return 0 if all(r["status"] in ("ok", "COMPLETED_SUCCESS") for r in rows) else 1
 
 
 def _bench_eval(args: argparse.Namespace, settings, models: list[str] | None) -> int:
@@ -415,12 +443,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """`dagster dev` on this project's instance: dagster.yaml from the profile (run queue, pools), and the recipe
+    versions recorded first, so the daemon starts from what is on disk and launches nothing until an edit."""
     settings = _settings(args)
+    try:
+        cat = Catalog.load_or_raise(settings.recipes)
+    except RecipeError as e:
+        return _fail(str(e).splitlines())
+    from minigpt_assets.defs.partitions import Partitions
+    from minigpt_assets.defs.recipe_versions import report_versions
+    from minigpt_assets.defs.ui import prepare_instance, ui_command
+
     settings.export()
+    instance = prepare_instance(settings)
+    changed = report_versions(instance, cat, Partitions.from_catalog(cat))
+    print(f"instance: {settings.dagster_home} (runs at once: {settings.profile.max_concurrent_runs}; "
+          f"{changed} recipe versions recorded)")
     env = dict(os.environ, DAGSTER_HOME=str(settings.dagster_home))
-    settings.dagster_home.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "minigpt_assets.definitions", "-h", "127.0.0.1",
-           "-p", str(args.port)]
+    cmd = ui_command(args.host, args.port)
     print(" ".join(cmd))
     return subprocess.call(cmd, env=env)
 
@@ -471,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.set_defaults(func=cmd_analyze_mixture)
     s = sub.add_parser("bench", parents=[common], help="benchmarks that print tables")
-    s.add_argument("what", choices=["data", "model", "eval"])
+    s.add_argument("what", choices=["data", "model", "eval", "backfill"])
     s.add_argument("--docs", type=int, default=6000, help="data: documents per benchmark input")
     s.add_argument("--models", help="model, eval: comma-separated model recipes (default: small ones on CPU)")
     s.add_argument("--impls", help="model: comma-separated of hf,ours,ours+docmask,ours+ckpt; eval: ours,lm-eval")
@@ -485,6 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=5, help="model: timed steps")
     s.add_argument("--compile", action="store_true", help="model: torch.compile every variant")
     s.add_argument("--json", help="model, eval: also write the rows to this JSON file")
+    s.add_argument("--port", type=int, default=3310, help="backfill: port of the dagster dev it starts")
+    s.add_argument("--idle", type=float, default=120, help="backfill: seconds the daemon runs on after the backfill")
+    s.add_argument("--timeout", type=float, default=7200, help="backfill: seconds to wait for the backfill")
+    s.add_argument("--edit-mixture", help="backfill: then change this mixture's seed and list what the daemon re-runs")
     s.set_defaults(func=cmd_bench)
     s = sub.add_parser("train", parents=[common], help="train one stage of an experiment on a mixture")
     s.add_argument("--mixture", required=True)
@@ -518,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_generate)
     s = sub.add_parser("ui", parents=[common], help="dagster dev on 127.0.0.1 with this project's instance")
     s.add_argument("--port", type=int, default=3000)
+    s.add_argument("--host", default="127.0.0.1", help="address to serve on (default: loopback only)")
     s.set_defaults(func=cmd_ui)
     return p
 

@@ -57,8 +57,10 @@ class Profile(BaseModel):
     """A deployment profile from resources/<name>.yaml: how runs execute on this kind of machine."""
 
     model_config = ConfigDict(extra="forbid")
-    executor: Literal["multiprocess", "in_process"] = "multiprocess"
+    executor: Literal["multiprocess", "in_process"] = "in_process"
     max_concurrent: int = Field(2, gt=0)
+    max_concurrent_runs: int = Field(2, gt=0)
+    pools: dict[str, int] = Field(default_factory=dict)
     workers: int | None = Field(None, gt=0)
     training: TrainingProfile = TrainingProfile()
 

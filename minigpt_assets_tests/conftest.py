@@ -62,6 +62,16 @@ def prose_doc(seed: int, words: int = 80) -> str:
 @pytest.fixture
 def tiny_recipes(tmp_path) -> Path:
     """Two jsonl sources sharing documents, one spam source, a classifier, a dedup group and profiles."""
+    return make_tiny_recipes(tmp_path)
+
+
+@pytest.fixture
+def tiny_training_recipes(tiny_recipes) -> Path:
+    """tiny_recipes plus a ~50k-parameter model and a 6-step pretraining experiment."""
+    return add_tiny_training(tiny_recipes)
+
+
+def make_tiny_recipes(tmp_path: Path) -> Path:
     data = tmp_path / "data"
     data.mkdir()
     docs_a = [{"id": f"a{i}", "text": prose_doc(i)} for i in range(12)]
@@ -134,9 +144,19 @@ def tiny_recipes(tmp_path) -> Path:
     return root
 
 
-@pytest.fixture
-def tiny_training_recipes(tiny_recipes) -> Path:
-    """tiny_recipes plus a ~50k-parameter model and a 6-step pretraining experiment."""
+def add_second_mixture(root: Path) -> Path:
+    """mix2: the tiny sources at 0.9 / 0.1 instead of mix's 0.6 / 0.4."""
+    return write(root / "mixtures/mix2.yaml", """
+        sources: {alpha: 0.9, beta: 0.1}
+        tokenizer: tiny
+        total_tokens: 3000
+        validation_tokens: 300
+        seq_len: 32
+        max_epochs: 10
+        """)
+
+
+def add_tiny_training(tiny_recipes: Path) -> Path:
     write(tiny_recipes / "models/tiny.yaml", """
         family: minimind
         vocab_size: 320

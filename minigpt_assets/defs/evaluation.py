@@ -12,7 +12,7 @@ from minigpt_assets.defs.common import artifact_metadata
 from minigpt_assets.defs.partitions import Partitions
 from minigpt_assets.defs.resources import ProjectResource
 from minigpt_assets.defs.training import ASSET as PRETRAINED_ASSET
-from minigpt_assets.defs.training import SAME_RUN, split_training_key
+from minigpt_assets.defs.training import split_training_key
 from minigpt_assets.evaluation.pipeline import ASSET, COMPARISON_ASSET, compare_runs, contamination, evaluate_run
 from minigpt_assets.recipes import Catalog
 
@@ -30,7 +30,7 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
     evals = dg.AssetDep(recipe_assets["eval_recipe"], partition_mapping=dg.AllPartitionMapping())
 
     @dg.asset(name=ASSET, partitions_def=parts.training, group_name="evaluation", code_version=f"{ASSET}-v1",
-              deps=[dg.AssetDep(PRETRAINED_ASSET, partition_mapping=SAME_RUN), evals],
+              deps=[dg.AssetDep(PRETRAINED_ASSET, partition_mapping=dg.IdentityPartitionMapping()), evals],
               automation_condition=ON_DATA_OR_CODE_CHANGE, kinds={"pytorch", "duckdb"}, pool="training",
               description="Every eval recipe (per-domain bits per byte, held-out and standard multiple-choice tasks, "
                           "code pass@k) on the run's pretrained model; per-example rows in DuckDB eval_results, "

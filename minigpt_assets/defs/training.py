@@ -13,9 +13,8 @@ from minigpt_assets.defs.mixtures import ASSET as MIXTURE_ASSET
 from minigpt_assets.defs.partitions import Partitions
 from minigpt_assets.defs.resources import ProjectResource
 from minigpt_assets.recipes import Catalog
-from minigpt_assets.training.config import STAGE_SLOTS
 from minigpt_assets.settings import quiet_openmp
-from minigpt_assets.training.pipeline import train_stage
+from minigpt_assets.training.pipeline import STAGE_ASSETS, stage_partition, teacher_stage, train_stage
 
 ASSET = "pretrained_model"
 SFT_ASSET = "sft_model"
@@ -46,6 +45,35 @@ SAME_RUN = dg.MultiPartitionMapping({
     "mixture": dg.DimensionPartitionMapping("mixture", dg.IdentityPartitionMapping())})
 
 
+def same_run(child: dg.PartitionsDefinition, parent: dg.PartitionsDefinition) -> dg.PartitionMapping:
+    """The same experiment|mixture upstream. Identity where both assets have the same partitions (a backfill can
+    then run a partition of both in one run), else the per-dimension mapping (a stage only some experiments have)."""
+    return dg.IdentityPartitionMapping() if child == parent else SAME_RUN
+
+
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED]
+
+
+def wait_for_teacher(context, store, cat: Catalog, experiment: str, mixture: str, slot: int) -> None:
+    """A distill stage whose teacher (another experiment's stage on this mixture) is not published yet but is
+    being trained by a run in flight — the same backfill reaches both at once — waits for it: the step is
+    retried every 30 s (Dagster's RetryRequested) instead of failing. With no such run it goes on and fails with
+    the one line that says how to train the teacher."""
+    st = cat.experiments[experiment].stages[slot]
+    if st.kind != "distill" or st.distill.teacher_path:
+        return
+    name, chosen = teacher_stage(cat, st, experiment, slot)
+    asset = STAGE_ASSETS[chosen.kind]
+    if store.current(asset, stage_partition(name, mixture)) is not None:
+        return
+    runs = context.instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT, tags={
+        "dagster/partition/experiment": name, "dagster/partition/mixture": mixture}))
+    if any(dg.AssetKey(asset) in (r.dagster_run.asset_selection or ()) for r in runs):
+        context.log.info(f"waiting for the teacher {name}/{chosen.stage_name} on {mixture}, trained by a run in flight")
+        raise dg.RetryRequested(max_retries=240, seconds_to_wait=30)
+
+
 def _stage_asset(name: str, slot: int, pdef: dg.MultiPartitionsDefinition, deps: list, doc: str):
     @dg.asset(name=name, partitions_def=pdef, deps=deps, group_name="training", code_version=f"{name}-v1",
               automation_condition=ON_DATA_OR_CODE_CHANGE, kinds={"pytorch"}, pool="training", description=doc)
@@ -54,6 +82,7 @@ def _stage_asset(name: str, slot: int, pdef: dg.MultiPartitionsDefinition, deps:
         experiment, mixture = split_training_key(context.partition_key)
         cat = project.catalog()
         stage = cat.experiments[experiment].stages[slot].stage_name
+        wait_for_teacher(context, project.store(), cat, experiment, mixture, slot)
 
         def launch(command: list[str], _log: Path) -> int:
             pipes.run(context=context, command=command, env=quiet_openmp())  # torchrun passes it on; rank 0 reports
@@ -109,12 +138,14 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
                        "Pretrain the experiment's model on the mixture (resuming the same run if interrupted).")
     sft = _stage_partitions(cat, parts, 1)
     if sft is not None:
-        out += _stage_asset(SFT_ASSET, 1, sft, [dg.AssetDep(ASSET, partition_mapping=SAME_RUN), recipe],
+        out += _stage_asset(SFT_ASSET, 1, sft, [dg.AssetDep(ASSET, partition_mapping=same_run(sft, parts.training)),
+                                                recipe],
                             "Fine-tune the pretrained model (sft, LoRA adapters merged into the weights, or "
                             "distillation from a teacher).")
     aligned = _stage_partitions(cat, parts, 2)
     if aligned is not None:  # experiments order their stages pretrain -> sft|lora|distill -> dpo|grpo
-        out += _stage_asset(ALIGNED_ASSET, 2, aligned, [dg.AssetDep(SFT_ASSET, partition_mapping=SAME_RUN), recipe],
+        out += _stage_asset(ALIGNED_ASSET, 2, aligned,
+                            [dg.AssetDep(SFT_ASSET, partition_mapping=same_run(aligned, sft)), recipe],
                             "Align the fine-tuned model: DPO/IPO on preference pairs, or GRPO with a rule-based "
                             "reward, against its frozen copy.")
     return out

@@ -214,6 +214,20 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
     return publish_stage(store, run_dir, mixture, experiment, st, tok_art.path)
 
 
+def teacher_stage(cat: Catalog, st: StageConfig, experiment: str, index: int) -> tuple[str, StageConfig]:
+    """(experiment, stage) that a distill stage names as its teacher (its last stage unless `teacher_stage`)."""
+    d = st.distill
+    where = f"recipes/experiments/{experiment}.yaml: stages.{index}.distill"
+    name = d.teacher_experiment
+    if name not in cat.experiments:
+        raise PipelineError(f"{where}.teacher_experiment: unknown experiment {name!r}")
+    stages = cat.experiments[name].stages
+    chosen = stages[-1] if d.teacher_stage is None else next((s for s in stages if s.stage_name == d.teacher_stage), None)
+    if chosen is None:
+        raise PipelineError(f"{where}.teacher_stage: experiment {name!r} has no stage {d.teacher_stage!r}")
+    return name, chosen
+
+
 def resolve_teacher(store: ArtifactStore, cat: Catalog, st: StageConfig, mixture: str, experiment: str,
                     index: int) -> tuple[Path, str]:
     """(folder, version) of a distill stage's teacher: a model folder, or another experiment's published
@@ -227,13 +241,7 @@ def resolve_teacher(store: ArtifactStore, cat: Catalog, st: StageConfig, mixture
         version = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(path.glob("*.safetensors"))
                                           or ([path] if path.is_file() else []))).hexdigest()[:16]
         return path, version
-    name = d.teacher_experiment
-    if name not in cat.experiments:
-        raise PipelineError(f"{where}.teacher_experiment: unknown experiment {name!r}")
-    stages = cat.experiments[name].stages
-    chosen = stages[-1] if d.teacher_stage is None else next((s for s in stages if s.stage_name == d.teacher_stage), None)
-    if chosen is None:
-        raise PipelineError(f"{where}.teacher_stage: experiment {name!r} has no stage {d.teacher_stage!r}")
+    name, chosen = teacher_stage(cat, st, experiment, index)
     art = store.current(STAGE_ASSETS[chosen.kind], stage_partition(name, mixture))
     if art is None:
         raise PipelineError(f"{where}: the teacher {name}/{chosen.stage_name} on {mixture} is not trained yet "

@@ -10,20 +10,13 @@ from minigpt_assets.cli import main
 from minigpt_assets.defs.runner import materialize_graph
 from minigpt_assets.settings import Settings
 from minigpt_assets.store import ArtifactStore, StatsDB
-from minigpt_assets_tests.conftest import prose_doc, write
+from minigpt_assets_tests.conftest import add_second_mixture, prose_doc, write
 
 QUIET = {"log": lambda _: None}
 
 
 def _recipes(root, tmp_path):
-    write(root / "mixtures/mix2.yaml", """
-        sources: {alpha: 0.9, beta: 0.1}
-        tokenizer: tiny
-        total_tokens: 3000
-        validation_tokens: 300
-        seq_len: 32
-        max_epochs: 10
-        """)
+    add_second_mixture(root)
     write(root / "evals/bpb.yaml", "kind: bits_per_byte\nmax_documents: 5\n")
     write(root / "evals/cont.yaml", """
         kind: held_out_choice
