@@ -308,7 +308,8 @@ def _bench_backfill(args: argparse.Namespace) -> int:
     rows, edit = run_backfill_bench(settings, root, args.port, args.idle, args.timeout, args.edit_mixture)
     base = rows[0]["seconds"]
     print()
-    print(format_table(["path", "status", "wall s", "vs minigpt materialize", "runs", f"runs in {args.idle:.0f} s idle after"],
+    cols = ["path", "status", "wall s", "vs minigpt materialize", "runs", f"runs in {args.idle:.0f} s idle after"]
+    print(format_table(cols,
                        [(r["path"], r["status"], round(r["seconds"], 1), f"{r['seconds'] / base:.2f}x", r["runs"],
                          r["runs_after_idle"]) for r in rows]))
     if edit:

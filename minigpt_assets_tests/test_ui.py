@@ -53,20 +53,30 @@ def _open(page, url: str) -> None:
         skip.click()
 
 
-def _materialize_all(page, url: str, partition: str | None = None, selection: str | None = None) -> None:
-    """The lineage page (filtered by an asset selection, e.g. `key:mixture+`), "Materialize all", then All or
-    one partition of the selection's root asset, then "Launch backfill"."""
+def _materialize_all(page, url: str, keep: str | None = None, selection: str | None = None) -> None:
+    """The lineage page (filtered by an asset selection typed in its search box, e.g. `key:mixture+`),
+    "Materialize all", then All partitions of the selection's root asset or only `keep`, then "Launch backfill"."""
     from urllib.parse import quote
 
-    _open(page, f"{url}/asset-groups" + (f"?asset-selection={quote(selection)}" if selection else ""))
+    _open(page, f"{url}/asset-groups" + (f"~{quote(selection)}/" if selection else ""))
     page.get_by_role("button", name="Materialize all").first.click()
-    if partition is None:
-        page.get_by_role("button", name="All", exact=True).click()
+    launch = page.locator("[role=dialog]", has=page.get_by_role("button", name="Launch backfill"))
+    confirm = page.get_by_role("button", name="Confirm")  # "upstream assets not materialized yet": go on
+    confirm.or_(launch).first.wait_for()
+    if confirm.count():
+        confirm.click()
+    # the dialog first renders before the assets' partitions have loaded (a two-dimension selector that cannot
+    # launch), then the root asset's own selector with its Custom choice
+    launch.get_by_role("button", name="Custom", exact=True).wait_for()
+    if keep is None:
+        launch.get_by_role("button", name="All", exact=True).click()
     else:
-        page.get_by_role("button", name="Custom", exact=True).click()
-        page.get_by_placeholder("Select a partition or create one").fill(partition)
-        page.keyboard.press("Enter")
-    page.get_by_role("button", name="Launch backfill").click()
+        launch.get_by_role("button", name="Custom", exact=True).click()  # every partition, as removable tags
+        tags = launch.locator("[data-tooltip]:has([aria-label='close'])")
+        while (other := launch.locator(f"[data-tooltip]:has([aria-label='close']):not([data-tooltip='{keep}'])")).count():
+            other.first.get_by_label("close").click()
+        assert [t.get_attribute("data-tooltip") for t in tags.all()] == [keep]
+    launch.get_by_role("button", name="Launch backfill").click()
 
 
 def _wait_for_backfill(url: str, instance: dg.DagsterInstance, known: set[str], timeout: float) -> str:
@@ -164,7 +174,7 @@ def test_ui_full_chain_and_one_mixture_backfill(browser, tmp_path):
         instance = dg.DagsterInstance.get()
         known = {b.backfill_id for b in instance.get_backfills()}
         t0 = time.time()
-        _materialize_all(browser, ui.url, partition="mix2", selection="key:mixture+")
+        _materialize_all(browser, ui.url, keep="mix2", selection="key:mixture+")
         assert _wait_for_backfill(ui.url, instance, known, timeout=1500) == "COMPLETED_SUCCESS"
         done = set(U.materialized_since(instance, t0))
         assert {("mixture", "mix2"), ("pretrained_model", "exp|mix2"), ("benchmark_scores", "exp|mix2")} <= done
