@@ -138,3 +138,27 @@ def test_distill_waits_for_its_teacher_only_while_a_run_trains_it(tiny_training_
             wait_for_teacher(ctx, store, cat, "student", "mix", 1)
         wait_for_teacher(ctx, store, cat, "student", "mix2", 1)  # another mixture's teacher: not this run
         wait_for_teacher(ctx, store, cat, "exp", "mix", 0)  # not a distill stage
+
+
+def test_ui_instance_config_comes_from_the_profile_and_spares_a_users_own(tmp_path, monkeypatch):
+    import yaml
+
+    from minigpt_assets.defs.ui import prepare_instance
+    from minigpt_assets.settings import Profile
+
+    lines: list[str] = []
+    s = Settings(home=tmp_path / "home", recipes=tmp_path, workers=1,
+                 profile=Profile(max_concurrent_runs=3, pools={"training": 1}))
+    instance = prepare_instance(s, log=lines.append)
+    cfg = yaml.safe_load((s.dagster_home / "dagster.yaml").read_text())
+    assert cfg["run_coordinator"]["config"] == {"max_concurrent_runs": 3, "dequeue_interval_seconds": 1}
+    assert instance.event_log_storage.get_concurrency_info("training").slot_count == 1
+    assert lines == []
+
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "dagster.yaml").write_text("telemetry:\n  enabled: true\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(own))
+    prepare_instance(s, log=lines.append)
+    assert (own / "dagster.yaml").read_text() == "telemetry:\n  enabled: true\n"
+    assert len(lines) == 1 and "left as it is" in lines[0]

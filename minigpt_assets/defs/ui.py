@@ -36,12 +36,19 @@ def instance_config(profile: Profile) -> dict:
     }
 
 
-def prepare_instance(settings: Settings) -> dg.DagsterInstance:
-    """Write dagster.yaml from the profile (ours: rewritten each time), set the pool limits, open the instance."""
+MARK = "# written by minigpt from the deployment profile (resources/<profile>.yaml)"
+
+
+def prepare_instance(settings: Settings, log=print) -> dg.DagsterInstance:
+    """Write dagster.yaml from the profile (rewritten while it is ours; a dagster.yaml of the user's own is left
+    as it is), set the pool limits, open the instance."""
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("# written by minigpt from the deployment profile (resources/<profile>.yaml)\n"
-                                       + yaml.safe_dump(instance_config(settings.profile), sort_keys=False))
+    cfg = home / "dagster.yaml"
+    if not cfg.exists() or cfg.read_text().startswith(MARK) or cfg.read_text() == "telemetry:\n  enabled: false\n":
+        cfg.write_text(MARK + "\n" + yaml.safe_dump(instance_config(settings.profile), sort_keys=False))
+    else:
+        log(f"{cfg}: your own instance config, left as it is (the profile's run queue settings are not applied)")
     os.environ["DAGSTER_HOME"] = str(home)
     instance = dg.DagsterInstance.get()
     for pool, limit in settings.profile.pools.items():
