@@ -447,17 +447,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     """`dagster dev` on this project's instance: dagster.yaml from the profile (run queue, pools), and the recipe
     versions recorded first, so the daemon starts from what is on disk and launches nothing until an edit."""
     settings = _settings(args)
+    from minigpt_assets.defs.ui import prepare_ui, ui_command
+
     try:
-        cat = Catalog.load_or_raise(settings.recipes)
+        _, changed = prepare_ui(settings)
     except RecipeError as e:
         return _fail(str(e).splitlines())
-    from minigpt_assets.defs.partitions import Partitions
-    from minigpt_assets.defs.recipe_versions import report_versions
-    from minigpt_assets.defs.ui import prepare_instance, ui_command
-
-    settings.export()
-    instance = prepare_instance(settings)
-    changed = report_versions(instance, cat, Partitions.from_catalog(cat))
     print(f"instance: {settings.dagster_home} (runs at once: {settings.profile.max_concurrent_runs}; "
           f"{changed} recipe versions recorded)")
     env = dict(os.environ, DAGSTER_HOME=str(settings.dagster_home))

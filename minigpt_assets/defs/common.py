@@ -11,6 +11,8 @@ from minigpt_assets.defs.resources import ProjectResource
 from minigpt_assets.store import Artifact
 
 NONEMPTY = "nonempty"
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED]  # run statuses of a run that has not finished
 MANIFEST_MATCHES = "manifest_matches"
 
 

@@ -43,9 +43,8 @@ def recipe_sensor(parts: Partitions) -> dg.SensorDefinition:
             return dg.SkipReason(f"invalid recipes, last valid versions kept: {e}")
         known = json.loads(context.cursor) if context.cursor else None
         events, current = pending_observations(context.instance, cat, parts, known)
-        unknown = sorted(f"{kind}/{n}" for kind, attr in (("sources", "sources"), ("mixtures", "mixtures"))
-                         for n in getattr(cat, kind) if getattr(parts, attr) is not None
-                         and n not in getattr(parts, attr).get_partition_keys())
+        unknown = sorted(f"{kind}/{n}" for kind in ("sources", "mixtures") if getattr(parts, kind) is not None
+                         for n in set(getattr(cat, kind)) - set(getattr(parts, kind).get_partition_keys()))
         if unknown:
             context.log.warning(f"new recipes {', '.join(unknown)}: reload the code location to add their partitions")
         for ev in events:

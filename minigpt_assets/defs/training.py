@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 from minigpt_assets.defs.automation import ON_DATA_OR_CODE_CHANGE
-from minigpt_assets.defs.common import artifact_metadata
+from minigpt_assets.defs.common import IN_FLIGHT, artifact_metadata
 from minigpt_assets.defs.mixtures import ASSET as MIXTURE_ASSET
 from minigpt_assets.defs.partitions import Partitions
 from minigpt_assets.defs.resources import ProjectResource
@@ -49,10 +49,6 @@ def same_run(child: dg.PartitionsDefinition, parent: dg.PartitionsDefinition) ->
     """The same experiment|mixture upstream. Identity where both assets have the same partitions (a backfill can
     then run a partition of both in one run), else the per-dimension mapping (a stage only some experiments have)."""
     return dg.IdentityPartitionMapping() if child == parent else SAME_RUN
-
-
-IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-             dg.DagsterRunStatus.STARTED]
 
 
 def wait_for_teacher(context, store, cat: Catalog, experiment: str, mixture: str, slot: int) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
+from minigpt_assets.defs.common import IN_FLIGHT
 from minigpt_assets.settings import Profile, Settings, quiet_openmp
 
 
@@ -45,7 +46,8 @@ def prepare_instance(settings: Settings, log=print) -> dg.DagsterInstance:
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "dagster.yaml"
-    if not cfg.exists() or cfg.read_text().startswith(MARK) or cfg.read_text() == "telemetry:\n  enabled: false\n":
+    text = cfg.read_text() if cfg.exists() else ""
+    if not text or text.startswith(MARK) or text == "telemetry:\n  enabled: false\n":  # ours, or the runner's
         cfg.write_text(MARK + "\n" + yaml.safe_dump(instance_config(settings.profile), sort_keys=False))
     else:
         log(f"{cfg}: your own instance config, left as it is (the profile's run queue settings are not applied)")
@@ -54,6 +56,19 @@ def prepare_instance(settings: Settings, log=print) -> dg.DagsterInstance:
     for pool, limit in settings.profile.pools.items():
         instance.event_log_storage.set_concurrency_slots(pool, limit)
     return instance
+
+
+def prepare_ui(settings: Settings) -> tuple[dg.DagsterInstance, int]:
+    """Everything `dagster dev` needs before it starts: the instance from the profile, and the recipe versions on
+    disk recorded (how many changed), so the daemon starts from them. A bad recipe raises RecipeError."""
+    from minigpt_assets.defs.partitions import Partitions
+    from minigpt_assets.defs.recipe_versions import report_versions
+    from minigpt_assets.recipes import Catalog
+
+    cat = Catalog.load_or_raise(settings.recipes)
+    settings.export()
+    instance = prepare_instance(settings)
+    return instance, report_versions(instance, cat, Partitions.from_catalog(cat))
 
 
 def ui_command(host: str, port: int) -> list[str]:
@@ -75,14 +90,7 @@ class UIServer:
         return f"http://{self.host}:{self.port}"
 
     def __enter__(self) -> "UIServer":
-        from minigpt_assets.defs.partitions import Partitions
-        from minigpt_assets.defs.recipe_versions import report_versions
-        from minigpt_assets.recipes import Catalog
-
-        self.settings.export()
-        instance = prepare_instance(self.settings)
-        cat = Catalog.load_or_raise(self.settings.recipes)
-        report_versions(instance, cat, Partitions.from_catalog(cat))
+        prepare_ui(self.settings)
         env = dict(os.environ, DAGSTER_HOME=str(self.settings.dagster_home), **quiet_openmp())
         out = open(self.log, "w") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen(ui_command(self.host, self.port), env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -193,10 +201,6 @@ def materialized_since(instance: dg.DagsterInstance, since: float) -> list[tuple
     return out
 
 
-IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-             dg.DagsterRunStatus.STARTED]
-
-
 def wait_quiet(instance: dg.DagsterInstance, quiet: float, timeout: float) -> None:
     """Wait until no run has been in flight for `quiet` seconds (the daemon launches the next level within its
     30 s tick), or `timeout`."""
@@ -214,10 +218,12 @@ def wait_quiet(instance: dg.DagsterInstance, quiet: float, timeout: float) -> No
 def edit_seed(recipes: Path, mixture: str) -> None:
     """Change a mixture's sampling seed (a new plan of the same sources: everything below it changes)."""
     path = recipes / "mixtures" / f"{mixture}.yaml"
-    data = yaml.safe_load(path.read_text())
-    path.write_text(path.read_text().rstrip("\n") + f"\nseed: {int(data.get('seed', 0)) + 1}\n"
-                    if "seed" not in data else
-                    path.read_text().replace(f"seed: {data['seed']}", f"seed: {int(data['seed']) + 1}"))
+    text = path.read_text()
+    seed = yaml.safe_load(text).get("seed")
+    if seed is None:
+        path.write_text(text.rstrip("\n") + "\nseed: 1\n")
+    else:
+        path.write_text(text.replace(f"seed: {seed}", f"seed: {int(seed) + 1}"))
 
 
 def run_backfill_bench(settings: Settings, root: Path, port: int, idle: float, timeout: float,
@@ -270,7 +276,6 @@ def run_backfill_bench(settings: Settings, root: Path, port: int, idle: float, t
                             "runs": run_counts(instance)["automation"] - after["automation"],
                             "materialized": sorted(set(done), key=str), "repeated": len(done) - len(set(done))}
         rows.append({"path": path, "status": status, "seconds": seconds, "runs": sum(counts.values()),
-                     "backfill_runs": counts["backfill"],
                      "runs_after_idle": sum(after.values()) - sum(counts.values())})
         log(f"  {status}: {seconds:.0f} s, {sum(counts.values())} runs")
     return rows, edit
