@@ -94,13 +94,15 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 DEMO_EXPERIMENT, DEMO_MIXTURE = "minimind-demo", "balanced"
 TRAINING_ASSETS = {"pretrained_model", "sft_model", "aligned_model"}
 EVAL_ASSETS = {"benchmark_scores", "experiment_comparison"}
+SWEEP_ASSETS = {"sweep_points", "point_mixture", "proxy_model", "proxy_scores", "mixture_search", "mixture_transfer",
+                "scaling_law"}  # `minigpt sweep NAME` runs these
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The data graph for every recipe; the demo experiment's whole chain on the default mixture and its
     pretraining on every other mixture; then benchmark scores for each and the comparison report."""
     settings = _settings(args)
-    code = _run_graph(args, None, None, exclude=TRAINING_ASSETS | EVAL_ASSETS)
+    code = _run_graph(args, None, None, exclude=TRAINING_ASSETS | EVAL_ASSETS | SWEEP_ASSETS)
     cat = Catalog.load_or_raise(settings.recipes)
     train = (not args.no_train and code == 0 and DEMO_EXPERIMENT in cat.experiments and DEMO_MIXTURE in cat.mixtures)
     from minigpt_assets.store import ArtifactStore
@@ -560,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=3000)
     s.add_argument("--host", default="127.0.0.1", help="address to serve on (default: loopback only)")
     s.set_defaults(func=cmd_ui)
+    from minigpt_assets.sweep_cli import add_parsers
+
+    add_parsers(sub, common, _settings)
     return p
 
 

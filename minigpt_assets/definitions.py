@@ -14,7 +14,7 @@ quiet_openmp()
 import dagster as dg  # noqa: E402
 
 from minigpt_assets.defs import (  # noqa: E402
-    dedup, evaluation, filters, mixtures, quality, recipe_assets, sources, tokens, training)
+    dedup, evaluation, filters, mixtures, quality, recipe_assets, sources, sweeps, tokens, training)
 from minigpt_assets.defs.automation import automation_sensor  # noqa: E402
 from minigpt_assets.defs.partitions import Partitions  # noqa: E402
 from minigpt_assets.defs.resources import ProjectResource  # noqa: E402
@@ -37,6 +37,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         *mixtures.build(cat, parts, recipes),
         *training.build(cat, parts, recipes),
         *evaluation.build(cat, parts, recipes),
+        *sweeps.build(cat, parts, recipes),
     ]
     checks = [d for d in stage_defs if isinstance(d, dg.AssetChecksDefinition)]
     assets = [*recipes.values()] + [d for d in stage_defs if not isinstance(d, dg.AssetChecksDefinition)]

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 MODEL_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # model names keep their version dots: llama-3.2-1b
 RECIPE_KINDS = ("sources", "filters", "classifiers", "dedup", "tokenizers", "mixtures", "models", "experiments",
-                "evals")
+                "evals", "sweeps")
+SWEEP_KINDS = ("mixture", "scaling")
 
 
 class Model(BaseModel):
@@ -350,10 +351,12 @@ def is_url(location: str) -> bool:
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p != "source"]
-    # drop the discriminated-union tag pydantic inserts (e.g. 'jsonl') right after the root
-    if parts and parts[0] in SOURCE_KINDS:
+    parts = [str(p) for p in loc]
+    # drop the wrapper (source/sweep) and the discriminated-union tag pydantic inserts (e.g. 'jsonl') after it
+    if parts and parts[0] in ("source", "sweep"):
         parts = parts[1:]
+        if parts and parts[0] in SOURCE_KINDS + SWEEP_KINDS:
+            parts = parts[1:]
     return ".".join(parts)
 
 
@@ -417,6 +420,10 @@ class Catalog:
         self.models: dict[str, Any] = {}  # name -> models.config.ModelConfig
         self.experiments: dict[str, Any] = {}  # name -> training.config.ExperimentRecipe
         self.evals: dict[str, Any] = {}  # name -> evaluation.config.EvalRecipe
+        self.sweeps: dict[str, Any] = {}  # name -> science.sweeps.MixtureSweep | ScalingSweep
+        self.points: dict[str, Any] = {}  # point key -> science.sweeps.Point (its mixture is in self.mixtures)
+        self.searched: dict[str, str] = {}  # a mixture sweep's searched mixture -> its sweep
+        self.generated: set[str] = set()  # mixtures, experiments and models a sweep made (no file of their own)
         self.problems: list[RecipeProblem] = []
 
     # -- loading
@@ -478,6 +485,14 @@ class Catalog:
                 from minigpt_assets.evaluation.config import EvalFile
 
                 recipe = EvalFile.model_validate({"eval": data}).eval
+            elif kind == "sweeps":
+                from minigpt_assets.science.sweeps import SweepFile
+
+                if data.get("kind") not in SWEEP_KINDS:
+                    self.problems.append(RecipeProblem(file=rel, field="kind", message=(
+                        f"unknown kind {data.get('kind')!r} (expected one of {', '.join(SWEEP_KINDS)})")))
+                    return
+                recipe = SweepFile.model_validate({"sweep": data}).sweep
             else:
                 recipe = _MODELS[kind].model_validate(data)
         except ValidationError as e:
@@ -537,6 +552,8 @@ class Catalog:
                 self._problem(rel, "model", f"unknown model recipe {exp.model!r} "
                                             f"(known: {', '.join(sorted(self.models)) or 'none'})")
 
+        self._expand_sweeps()
+
         for name, ev in self.evals.items():
             rel = f"{self._rel(self.root / 'evals' / name)}.yaml"
             for s in getattr(ev, "sources", None) or []:
@@ -548,6 +565,31 @@ class Catalog:
                 for field, f in zip(("path", "fewshot_path"), data_files(ev)):
                     if not f.is_file():
                         self._problem(rel, field, f"file not found: {f} (download it once, or set optional: true)")
+
+    def _expand_sweeps(self) -> None:
+        """Add each valid sweep's points (mixtures, experiments, models) to the catalog; a point name never
+        collides with a recipe file (it holds a dot), the searched mixture `<sweep>-searched` may."""
+        from minigpt_assets.science.sweeps import expand_sweep, searched_name
+
+        for name, sweep in sorted(self.sweeps.items()):
+            rel = f"{self._rel(self.root / 'sweeps' / name)}.yaml"
+            if "." in name:
+                self._problem(rel, "", "file name must be a slug of [a-z0-9_-]")
+                continue
+            ex = expand_sweep(self, name, sweep)
+            clash = sorted(set(ex.mixtures) & set(self.mixtures))
+            if clash:
+                ex.problems.append(("", f"mixture {clash[0]!r} already exists: rename the sweep or the mixture"))
+            for field, message in ex.problems:
+                self._problem(rel, field, message)
+            if ex.problems:
+                continue
+            self.points.update({p.key: p for p in ex.points})
+            if sweep.kind == "mixture":
+                self.searched[searched_name(name)] = name
+            for kind in ("mixtures", "experiments", "models"):
+                getattr(self, kind).update(getattr(ex, kind))
+                self.generated.update(getattr(ex, kind))
 
     def _problem(self, file: str, field: str, message: str) -> None:
         p = RecipeProblem(file=file, field=field, message=message)
@@ -610,6 +652,31 @@ class Catalog:
 
     def mixture_hash(self, name: str) -> str:
         return canonical_hash(self.mixtures[name])
+
+    def sweep_hash(self, name: str) -> str:
+        """The sweep recipe with the experiments it names inlined."""
+        sweep = self.sweeps[name]
+        exps = {e: self.experiment_hash(e) for e in (getattr(sweep, "proxy", None),
+                getattr(getattr(sweep, "transfer", None), "experiment", None)) if e in self.experiments}
+        return canonical_hash({"sweep": sweep.model_dump(mode="json", exclude={"description"}), "experiments": exps})
+
+    def point_hash(self, key: str) -> str:
+        """A point's identity: its sweep's settings that shape it, its mixture recipe and its experiment."""
+        from dataclasses import asdict
+
+        p = self.points[key]
+        shaping = {"mixture": {"base", "sources", "seed", "sampler", "proxy", "objective"},
+                   "scaling": {"mixture", "stage", "compute", "objective"}}  # not the point count, fits, targets
+        sweep = self.sweeps[p.sweep].model_dump(mode="json", include=shaping[self.sweeps[p.sweep].kind])
+        return canonical_hash({"point": asdict(p), "sweep": sweep, "mixture": self.mixture_hash(key),
+                               "experiment": self.experiment_hash(p.experiment)})
+
+    def ordinary_mixtures(self) -> list[str]:
+        """Mixture partitions: the recipe files and each sweep's searched mixture (not the points)."""
+        return sorted(m for m in self.mixtures if m not in self.points)
+
+    def sweep_point_keys(self, sweep: str) -> list[str]:
+        return [k for k, p in self.points.items() if p.sweep == sweep]
 
     def tokenizer_hash(self, name: str) -> str:
         return canonical_hash(self.tokenizers[name])

@@ -61,6 +61,9 @@ class Profile(BaseModel):
     max_concurrent: int = Field(2, gt=0)
     max_concurrent_runs: int = Field(2, gt=0)
     pools: dict[str, int] = Field(default_factory=dict)
+    # a sweep's runs trained at once on one device (proxies, transfer runs): tiny models leave a GPU mostly idle;
+    # also the `proxy` pool's limit under `minigpt ui` unless `pools` sets it
+    sweep_parallel: int = Field(1, gt=0)
     workers: int | None = Field(None, gt=0)
     training: TrainingProfile = TrainingProfile()
 

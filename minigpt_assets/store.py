@@ -204,6 +204,35 @@ STATS_SCHEMAS: dict[str, pa.Schema] = {
                                 ("winner", pa.string()), ("best", pa.string()), ("best_value", pa.float64()),
                                 ("runner_up", pa.string()), ("runner_up_value", pa.float64()),
                                 ("diff", pa.float64()), ("p_adjusted", pa.float64()), ("higher_is_better", pa.bool_())]),
+    # sweeps: the points drawn, each run's objective, the mixture regressions and the transfer, scaling-law fits
+    "sweep_points": pa.schema([("sweep", pa.string()), ("kind", pa.string()), ("point", pa.string()),
+                               ("label", pa.string()), ("experiment", pa.string()), ("mixture", pa.string()),
+                               ("sample", pa.int64()), ("weights", pa.string()), ("model", pa.string()),
+                               ("params", pa.int64()), ("tokens", pa.int64()), ("held_out", pa.bool_())]),
+    "proxy_objectives": pa.schema([("sweep", pa.string()), ("point", pa.string()), ("label", pa.string()),
+                                   ("scale", pa.string()), ("experiment", pa.string()), ("objective", pa.float64()),
+                                   ("metric", pa.string()), ("tasks", pa.string())]),
+    "mixture_fits": pa.schema([("sweep", pa.string()), ("model", pa.string()), ("cv_spearman", pa.float64()),
+                               ("chosen", pa.bool_()), ("points", pa.int64()), ("failed_points", pa.int64()),
+                               ("predicted_optimum", pa.float64()), ("searched", pa.string()),
+                               ("importances", pa.string()), ("converged", pa.bool_())]),
+    "mixture_transfer": pa.schema([("sweep", pa.string()), ("mixture", pa.string()), ("label", pa.string()),
+                                   ("role", pa.string()), ("proxy_objective", pa.float64()),
+                                   ("predicted_objective", pa.float64()), ("target_objective", pa.float64()),
+                                   ("target_experiment", pa.string()), ("diff_vs_searched", pa.float64()),
+                                   ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("p_value", pa.float64()),
+                                   ("searched_better", pa.bool_())]),
+    "scaling_fits": pa.schema([("sweep", pa.string()), ("task", pa.string()), ("E", pa.float64()),
+                               ("A", pa.float64()), ("B", pa.float64()), ("alpha", pa.float64()),
+                               ("beta", pa.float64()), ("E_low", pa.float64()), ("E_high", pa.float64()),
+                               ("alpha_low", pa.float64()), ("alpha_high", pa.float64()), ("beta_low", pa.float64()),
+                               ("beta_high", pa.float64()), ("runs", pa.int64()), ("held_out_runs", pa.int64()),
+                               ("held_out_max_rel_error", pa.float64()), ("converged", pa.bool_())]),
+    "scaling_predictions": pa.schema([("sweep", pa.string()), ("task", pa.string()), ("kind", pa.string()),
+                                      ("label", pa.string()), ("params", pa.float64()), ("tokens", pa.float64()),
+                                      ("flops", pa.float64()), ("observed", pa.float64()),
+                                      ("predicted", pa.float64()), ("low", pa.float64()), ("high", pa.float64()),
+                                      ("rel_error", pa.float64())]),
     "eval_contamination": pa.schema([("mixture", pa.string()), ("task", pa.string()), ("ngram", pa.int64()),
                                      ("examples", pa.int64()), ("contaminated", pa.int64()),
                                      ("fraction", pa.float64()), ("max_fraction", pa.float64())]),
@@ -264,6 +293,20 @@ class StatsDB:
             finally:
                 con.close()
             atomic_write_bytes(stamp, wanted.encode())
+
+    def select(self, table: str, columns: str, where: str = "true", params: list | None = None) -> list[tuple]:
+        """Rows of one table straight from its Parquet files (an in-memory DuckDB: no lock on stats.duckdb)."""
+        import duckdb
+
+        glob = (self.dir / table / "*.parquet").as_posix()
+        if not (self.dir / table).is_dir():
+            return []
+        con = duckdb.connect()
+        try:
+            return con.execute(f"SELECT {columns} FROM read_parquet('{glob}', union_by_name=true) WHERE {where}",
+                               params or []).fetchall()
+        finally:
+            con.close()
 
     def query(self, sql: str) -> tuple[list[str], list[tuple]]:
         """Run SQL against the stats views (read-only connection); returns (columns, rows)."""

@@ -187,6 +187,34 @@ def build_mixture(name: str, recipe, sources: dict[str, MixtureSource], out_dir:
     return rows, warnings
 
 
+TOKENS_ASSET, MIXTURE_ASSET = "token_shards", "mixture"
+
+
+def token_key(tokenizer: str, source: str) -> str:
+    """The token_shards partition of one (tokenizer, source) pair; '.' never occurs in recipe names."""
+    return f"{tokenizer}.{source}"
+
+
+def publish_mixture(store, cat, name: str, recipe=None) -> tuple:
+    """Plan a mixture from its recipe (or the `recipe` given: a sweep's point or searched mixture, whose weights
+    come from an upstream artifact) over the published token shards, and publish it as `mixture/<name>`.
+    Returns (artifact, mixture_stats rows, warnings)."""
+    recipe = recipe or cat.mixtures[name]
+    sources = {}
+    for src in recipe.sources:
+        art = store.require(TOKENS_ASSET, token_key(recipe.tokenizer, src))
+        sources[src] = MixtureSource(art.path, art.manifest["meta"]["dtype"], cat.sources[src].optional)
+    with store.stage(MIXTURE_ASSET, name) as st:
+        rows, warnings = build_mixture(name, recipe, sources, st.path)
+        train = [r for r in rows if r["split"] == "train"]
+        art = st.publish(counts={"train_tokens": sum(r["tokens"] for r in train),
+                                 "val_tokens": sum(r["tokens"] for r in rows if r["split"] == "val"),
+                                 "sources": len(train)},
+                         meta={"recipe_hash": cat.mixture_hash(name), "warnings": warnings,
+                               "tokenizer": recipe.tokenizer})
+    return art, rows, warnings
+
+
 def plot_composition(rows: list[dict], path: Path, title: str) -> None:
     """Stacked bars: target vs realized token shares per split."""
     import matplotlib

@@ -4,11 +4,12 @@ import base64
 
 import dagster as dg
 
-from minigpt_assets.data.mixture import MixtureSource, build_mixture
+from minigpt_assets.data.mixture import publish_mixture
 from minigpt_assets.defs.common import artifact_result, data_asset
-from minigpt_assets.defs.partitions import Partitions, token_key, token_shards_to_mixture
+from minigpt_assets.defs.partitions import Partitions, sweep_to_searched, token_shards_to_mixture
 from minigpt_assets.defs.resources import ProjectResource
 from minigpt_assets.defs.tokens import ASSET as TOKENS_ASSET
+from minigpt_assets.science.pipeline import searched_recipe
 from minigpt_assets.recipes import Catalog
 
 ASSET = "mixture"
@@ -19,27 +20,20 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
     if parts.mixtures is None or parts.token_shards is None:
         return []
 
+    searched = [dg.AssetDep("mixture_search", partition_mapping=sweep_to_searched(cat))] if cat.searched else []
+
     @data_asset(ASSET, parts.mixtures, [recipe_assets["mixture_recipe"],
-                dg.AssetDep(TOKENS_ASSET, partition_mapping=token_shards_to_mixture(cat))], "parquet")
+                dg.AssetDep(TOKENS_ASSET, partition_mapping=token_shards_to_mixture(cat)), *searched], "parquet")
     def mixture(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """Plan the mixture's training and validation token streams with exact per-source token shares."""
         name = context.partition_key
         cat = project.catalog()
-        recipe = cat.mixtures[name]
         store = project.store()
-        sources = {}
-        for src in recipe.sources:
-            art = store.require(TOKENS_ASSET, token_key(recipe.tokenizer, src))
-            sources[src] = MixtureSource(art.path, art.manifest["meta"]["dtype"], cat.sources[src].optional)
-        with store.stage(ASSET, name) as st:
-            rows, warnings = build_mixture(name, recipe, sources, st.path)
-            png = (st.path / "composition.png").read_bytes()
-            train = [r for r in rows if r["split"] == "train"]
-            art = st.publish(counts={"train_tokens": sum(r["tokens"] for r in train),
-                                     "val_tokens": sum(r["tokens"] for r in rows if r["split"] == "val"),
-                                     "sources": len(train)},
-                             meta={"recipe_hash": cat.mixture_hash(name), "warnings": warnings,
-                                   "tokenizer": recipe.tokenizer})
+        recipe = None
+        if name in cat.searched:  # a sweep's searched mixture: the weights mixture_search found
+            recipe = searched_recipe(store, cat, name)
+        art, rows, warnings = publish_mixture(store, cat, name, recipe)
+        png = (art.path / "composition.png").read_bytes()
         for w in warnings:
             context.log.warning(f"{name}: {w}")
         project.stats().write("mixture_stats", name, rows)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from minigpt_assets.data.mixture import token_key
 from minigpt_assets.recipes import Catalog
 
 
@@ -21,6 +22,10 @@ class Partitions:
     experiments: dg.StaticPartitionsDefinition | None = None
     training: dg.MultiPartitionsDefinition | None = None  # experiment x mixture: keys "experiment|mixture"
     evals: dg.StaticPartitionsDefinition | None = None
+    sweeps: dg.StaticPartitionsDefinition | None = None
+    mixture_sweeps: dg.StaticPartitionsDefinition | None = None  # mixture_search / mixture_transfer
+    scaling_sweeps: dg.StaticPartitionsDefinition | None = None  # scaling_law
+    points: dg.StaticPartitionsDefinition | None = None  # every sweep's points, `<sweep>.<label>`
 
     @classmethod
     def from_catalog(cls, cat: Catalog) -> "Partitions":
@@ -28,7 +33,7 @@ class Partitions:
             return dg.StaticPartitionsDefinition(sorted(keys)) if keys else None
 
         used_groups = {s.dedup.group for s in cat.sources.values() if s.dedup.group is not None}
-        mixtures = {m for m, r in cat.mixtures.items() if r.tokenizer in cat.tokenizers}
+        mixtures = {m for m in cat.ordinary_mixtures() if cat.mixtures[m].tokenizer in cat.tokenizers}
         experiments = {e for e, r in cat.experiments.items() if r.model in cat.models}
         training = None
         if mixtures and experiments:
@@ -44,12 +49,11 @@ class Partitions:
             experiments=static(experiments),
             training=training,
             evals=static(cat.evals),
+            sweeps=static(cat.sweeps),
+            mixture_sweeps=static(n for n, s in cat.sweeps.items() if s.kind == "mixture"),
+            scaling_sweeps=static(n for n, s in cat.sweeps.items() if s.kind == "scaling"),
+            points=static(cat.points),
         )
-
-
-def token_key(tokenizer: str, source: str) -> str:
-    """The token_shards partition of one (tokenizer, source) pair; '.' never occurs in recipe names."""
-    return f"{tokenizer}.{source}"
 
 
 def split_token_key(key: str) -> tuple[str, str]:
@@ -99,5 +103,43 @@ def tokenizer_to_token_shards(cat: Catalog) -> dg.StaticPartitionMapping:
 
 def token_shards_to_mixture(cat: Catalog) -> dg.StaticPartitionMapping:
     """token_shards[tok.src] feeds mixture[mix] when mix uses tokenizer tok and names source src."""
-    return _mapping([(token_key(m.tokenizer, s), name) for name, m in cat.mixtures.items()
-                     if m.tokenizer in cat.tokenizers for s in m.sources])
+    return _mapping([(token_key(cat.mixtures[name].tokenizer, s), name) for name in cat.ordinary_mixtures()
+                     if cat.mixtures[name].tokenizer in cat.tokenizers for s in cat.mixtures[name].sources])
+
+
+def token_shards_to_points(cat: Catalog) -> dg.StaticPartitionMapping:
+    """token_shards[tok.src] feeds point_mixture[point] when the point's sweep varies (or its mixture names) src."""
+    return _mapping([(token_key(cat.mixtures[k].tokenizer, s), k) for k in cat.points for s in cat.mixtures[k].sources])
+
+
+def token_shards_to_sweep(cat: Catalog) -> dg.StaticPartitionMapping:
+    """token_shards[tok.src] feeds sweep_points[sweep] (the natural prior counts the sources' tokens)."""
+    return _mapping([(token_key(cat.mixtures[k].tokenizer, s), p.sweep) for k, p in cat.points.items()
+                     for s in cat.mixtures[k].sources])
+
+
+def sweep_to_points(cat: Catalog) -> dg.StaticPartitionMapping:
+    return _mapping([(p.sweep, k) for k, p in cat.points.items()])
+
+
+def points_to_sweep(cat: Catalog, kind: str) -> dg.StaticPartitionMapping:
+    return _mapping([(k, p.sweep) for k, p in cat.points.items() if cat.sweeps[p.sweep].kind == kind])
+
+
+def eval_to_points(cat: Catalog) -> dg.StaticPartitionMapping:
+    """eval_recipe[eval] feeds proxy_scores[point] when the point's sweep scores with that eval."""
+    return _mapping([(cat.sweeps[p.sweep].objective.eval, k) for k, p in cat.points.items()])
+
+
+def sweep_to_searched(cat: Catalog) -> dg.StaticPartitionMapping:
+    """mixture_search[sweep] feeds mixture[<sweep>-searched]."""
+    return _mapping([(sweep, name) for name, sweep in cat.searched.items()])
+
+
+def searched_to_sweep(cat: Catalog) -> dg.StaticPartitionMapping:
+    return _mapping([(name, sweep) for name, sweep in cat.searched.items()])
+
+
+def same_sweep(cat: Catalog, kind: str) -> dg.StaticPartitionMapping:
+    """sweep_recipe[sweep] (every sweep) -> an asset of only the sweeps of one kind."""
+    return _mapping([(n, n) for n, s in cat.sweeps.items() if s.kind == kind])

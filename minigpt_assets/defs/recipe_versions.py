@@ -27,13 +27,18 @@ OBSERVED: dict[str, tuple[str, Callable[[Catalog, str], str], str]] = {
                           "recipes/experiments/<experiment>.yaml with its model recipe inlined, as a content hash"),
     "eval_recipe": ("evals", Catalog.eval_hash,
                     "recipes/evals/<eval>.yaml with the digest of its local data files, as a content hash"),
+    "sweep_recipe": ("sweeps", Catalog.sweep_hash,
+                     "recipes/sweeps/<sweep>.yaml with the experiments it names inlined, as a content hash"),
+    "point_recipe": ("points", Catalog.point_hash,
+                     "one point of a sweep (its sample index or ladder run, mixture, experiment and objective), "
+                     "as a content hash: editing a sweep changes only the points it reshapes"),
 }
 # experiment_recipe is partitioned like the training assets (experiment x mixture, the same version for every
 # mixture): Dagster maps a multi-partitioned asset onto a single-dimension parent only when that dimension is
 # the parent's whole partition set, and sft/aligned models exist only for the experiments that have those stages.
 PARTITIONS = {"source_recipe": "sources", "classifier_recipe": "classifiers", "dedup_recipe": "dedup_groups",
               "tokenizer_recipe": "tokenizers", "mixture_recipe": "mixtures", "experiment_recipe": "training",
-              "eval_recipe": "evals"}
+              "eval_recipe": "evals", "sweep_recipe": "sweeps", "point_recipe": "points"}
 
 
 def recipe_versions(cat: Catalog, asset: str, keys: list[str]) -> dict[str, str]:

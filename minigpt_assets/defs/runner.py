@@ -32,6 +32,7 @@ class StepOutcome:
     error: str = ""
     checks_failed: list[str] = field(default_factory=list)
     fresh: bool = False
+    waiting: str = ""  # not run: an upstream partition outside this pass was never materialized
 
 
 def instance_for(settings: Settings) -> dg.DagsterInstance:
@@ -86,6 +87,11 @@ def materialize_graph(settings: Settings, select: set[str] | None = None, partit
             if partitions and pk is not None and pk not in partitions:
                 continue
             blocked = [f"{a}[{p}]" for (a, p) in failed if _depends_on(node, dg.AssetKey(a), p, pk)]
+            absent = _never_materialized(graph, instance, node, pk)
+            if absent and not blocked:
+                outcomes.append(StepOutcome(name, pk, True, 0.0, waiting=absent))
+                log(f"  wait {name}[{pk}]: upstream {absent} not materialized yet")
+                continue
             if blocked:
                 outcomes.append(StepOutcome(name, pk, False, 0.0, error=f"skipped: upstream {blocked[0]} failed"))
                 failed.add((name, pk))
@@ -106,6 +112,23 @@ def materialize_graph(settings: Settings, select: set[str] | None = None, partit
                 failed.add((name, pk))
             log(_describe(out))
     return outcomes
+
+
+def _never_materialized(graph, instance: dg.DagsterInstance, node, pk: str | None) -> str:
+    """The first upstream partition (through a recipe-built static mapping) that was never materialized, or "".
+    A sweep's searched mixture waits for its mixture_search; a point for its sweep_points."""
+    if node.assets_def is None or pk is None:
+        return ""
+    for parent in node.parent_keys:
+        mapping = node.assets_def.get_partition_mapping(parent)
+        if not isinstance(mapping, dg.StaticPartitionMapping) or not graph.get(parent).is_materializable:
+            continue
+        ups = [u for u, downs in mapping.downstream_partition_keys_by_upstream_partition_key.items() if pk in downs]
+        done = instance.get_materialized_partitions(parent) if ups else set()
+        missing = [u for u in ups if u not in done]
+        if missing and len(missing) == len(ups):  # a point that failed leaves the others: only all-missing waits
+            return f"{parent.to_user_string()}[{missing[0]}]"
+    return ""
 
 
 def _depends_on(node, parent: dg.AssetKey, parent_pk: str | None, pk: str | None) -> bool:
@@ -153,3 +176,66 @@ def _describe(o: StepOutcome) -> str:
     if md.get("optional_missing"):
         bits.append(f"optional source missing: {md['optional_missing']}")
     return f"  ok   {where:<42} {o.seconds:6.1f}s  {', '.join(bits)}"
+
+
+DATA_ASSETS = {"source_documents", "quality_classifier", "filtered_documents", "dedup_index",
+               "deduplicated_documents", "tokenizer", "token_shards"}
+POINT_ASSETS = ("point_mixture", "proxy_model", "proxy_scores")
+
+
+def _point_worker(home: str, recipes: str, workers: int, key: str) -> list[StepOutcome]:
+    """One point's three assets in a process of its own (`minigpt sweep --parallel`)."""
+    settings = Settings.from_env(home, recipes, workers)
+    return materialize_graph(settings, set(POINT_ASSETS), {key}, log=lambda s: None)
+
+
+def materialize_sweep(settings: Settings, name: str, parallel: int = 1, log: Callable[[str], None] = print,
+                      progress: Callable[[int, int], None] | None = None, force: bool = False) -> list[StepOutcome]:
+    """Everything one sweep needs, in order: the data its sources need, sweep_points, every point (plan, proxy
+    run, score; `parallel` points at once, each in a process of its own), then mixture_search, the searched
+    mixture and mixture_transfer, or scaling_law. Fresh partitions are skipped; failed points are reported
+    and the fits use the rest."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    cat = Catalog.load_or_raise(settings.recipes)
+    if name not in cat.sweeps:
+        raise KeyError(f"unknown sweep {name!r} (known: {', '.join(sorted(cat.sweeps)) or 'none'})")
+    keys = cat.sweep_point_keys(name)
+    out = materialize_graph(settings, DATA_ASSETS, None, log=log)  # dedup groups span sources: the whole data half
+    out += materialize_graph(settings, {"sweep_points"}, {name}, log=log, force=force)
+    if any(not o.ok for o in out):
+        return out
+    done = 0
+    if progress:
+        progress(done, len(keys))
+    if parallel <= 1:
+        for k in keys:
+            res = materialize_graph(settings, set(POINT_ASSETS), {k}, log=log, force=force)
+            out += res
+            done += 1
+            if progress:
+                progress(done, len(keys))
+    else:
+        with ProcessPoolExecutor(max_workers=parallel) as pool:
+            futs = {pool.submit(_point_worker, str(settings.home), str(settings.recipes), settings.workers, k): k
+                    for k in keys}
+            for f in as_completed(futs):
+                try:
+                    res = f.result()
+                except Exception as e:  # a crashed worker fails its point, not the sweep
+                    res = [StepOutcome("proxy_model", futs[f], False, 0.0, error=str(e).splitlines()[-1])]
+                for o in res:
+                    if not o.fresh:
+                        log(_describe(o))
+                out += res
+                done += 1
+                if progress:
+                    progress(done, len(keys))
+    kind = cat.sweeps[name].kind
+    fits = ({"mixture_search"} if kind == "mixture" else {"scaling_law"})
+    out += materialize_graph(settings, fits, {name}, log=log, force=force)
+    if kind == "mixture" and not any(not o.ok for o in out if o.asset == "mixture_search"):
+        out += materialize_graph(settings, {"mixture"}, {f"{name}-searched"}, log=log, force=force)
+        if cat.sweeps[name].transfer is not None:
+            out += materialize_graph(settings, {"mixture_transfer"}, {name}, log=log, force=force)
+    return out

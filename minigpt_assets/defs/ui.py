@@ -53,7 +53,7 @@ def prepare_instance(settings: Settings, log=print) -> dg.DagsterInstance:
         log(f"{cfg}: your own instance config, left as it is (the profile's run queue settings are not applied)")
     os.environ["DAGSTER_HOME"] = str(home)
     instance = dg.DagsterInstance.get()
-    for pool, limit in settings.profile.pools.items():
+    for pool, limit in {"proxy": settings.profile.sweep_parallel, **settings.profile.pools}.items():
         instance.event_log_storage.set_concurrency_slots(pool, limit)
     return instance
 

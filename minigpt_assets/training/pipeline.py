@@ -146,8 +146,9 @@ def metrics_rows(run_dir: Path, mixture: str, experiment: str) -> list[dict]:
 def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: str | None = None,
                 max_steps: int | None = None, checkpoint_every: int | None = None, resume: bool = True,
                 device: str | None = None, launch: Launcher = subprocess_launcher,
-                profile: TrainingProfile | None = None) -> StageOutcome:
-    """Train one stage and publish its checkpoint artifact (see the module docstring)."""
+                profile: TrainingProfile | None = None, wandb_group: str | None = None) -> StageOutcome:
+    """Train one stage and publish its checkpoint artifact (see the module docstring). `wandb_group`: the W&B
+    group (default `<experiment>/<mixture>`; a sweep's runs share `sweep/<name>`)."""
     if experiment not in cat.experiments:
         raise PipelineError(f"unknown experiment {experiment!r} (known: {', '.join(sorted(cat.experiments))})")
     if mixture not in cat.mixtures:
@@ -157,7 +158,7 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
     if checkpoint_every:
         st = st.model_copy(update={"checkpoint_every": checkpoint_every})
     store = ArtifactStore(home)
-    mix_art = store.require(MIXTURE_ASSET, mixture)
+    mix_art = store.require(MIXTURE_ASSET, mixture)  # a sweep's points are mixtures too (their plans live here)
     tok_name = cat.mixtures[mixture].tokenizer
     tok_art = store.require(TOKENIZER_ASSET, tok_name)
     model_cfg = cat.models[exp.model]
@@ -203,7 +204,7 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
             "teacher": str(teacher[0]) if teacher else None,
             "device": device or profile.device, "resume": resume, "strategy": profile.strategy,
             "wandb": {**profile.wandb.model_dump(), "name": f"{experiment}/{mixture}/{st.stage_name}",
-                      "group": f"{experiment}/{mixture}", "id": f"{experiment}-{mixture}-{st.stage_name}-{key}"}}
+                      "group": wandb_group or f"{experiment}/{mixture}", "id": f"{experiment}-{mixture}-{st.stage_name}-{key}"}}
     spec_path = run_dir / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=2) + "\n")
     code = launch(launch_command(profile, spec_path), run_dir / "train.log")
