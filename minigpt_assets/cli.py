@@ -52,7 +52,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             continue
         cat = Catalog.load(_recipes_root(target.resolve()))
         if target.is_dir():
-            checked += sum(len(getattr(cat, k)) for k in RECIPE_KINDS)
+            checked += sum(1 for k in RECIPE_KINDS for n in getattr(cat, k) if n not in cat.generated)
             problems += [str(p) for p in cat.problems]
         else:
             mine = [p for p in cat.problems if Path(p.file).name == target.name
@@ -80,7 +80,9 @@ def _run_graph(args: argparse.Namespace, select: set[str] | None, partitions: se
     outcomes = materialize_graph(settings, select, partitions, force=force, exclude=exclude)
     failed = [o for o in outcomes if not o.ok]
     fresh = [o for o in outcomes if o.fresh]
-    summary = f"{len(outcomes) - len(failed) - len(fresh)} materialized, {len(fresh)} fresh"
+    waits = [o for o in outcomes if o.waiting]
+    summary = f"{len(outcomes) - len(failed) - len(fresh) - len(waits)} materialized, {len(fresh)} fresh" + (
+        f", {len(waits)} waiting for upstream partitions" if waits else "")
     print(f"{summary}, {len(failed)} failed in {time.time() - t0:.0f}s" if failed else summary)
     return 1 if failed else 0
 
@@ -108,7 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from minigpt_assets.store import ArtifactStore
 
     store = ArtifactStore(settings.home)
-    mixtures = sorted(m for m in cat.mixtures if store.current("mixture", m) is not None)
+    mixtures = sorted(m for m in cat.ordinary_mixtures() if store.current("mixture", m) is not None)
     if train:
         stages = " -> ".join(st.kind for st in cat.experiments[DEMO_EXPERIMENT].stages)
         print(f"\ntraining {DEMO_EXPERIMENT} on {DEMO_MIXTURE}: {stages}, and its pretraining on "
@@ -278,6 +280,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return run_data_bench(_settings(args), docs=args.docs)
     if args.what == "backfill":
         return _bench_backfill(args)
+    if args.what == "sweep":
+        from minigpt_assets.sweep_cli import cmd_bench_sweep
+
+        return cmd_bench_sweep(args, _settings(args))
     settings = _settings(args)
     cat = Catalog.load_or_raise(settings.recipes, check_files=False)
     models = args.models.split(",") if args.models else None
@@ -509,7 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.set_defaults(func=cmd_analyze_mixture)
     s = sub.add_parser("bench", parents=[common], help="benchmarks that print tables")
-    s.add_argument("what", choices=["data", "model", "eval", "backfill"])
+    s.add_argument("what", choices=["data", "model", "eval", "backfill", "sweep"])
+    s.add_argument("name", nargs="?", help="sweep: a mixture sweep recipe")
+    s.add_argument("--points", type=int, default=8, help="sweep: points trained at each parallelism")
+    s.add_argument("--parallel", default="1,4", help="sweep: comma-separated parallelisms to time")
     s.add_argument("--docs", type=int, default=6000, help="data: documents per benchmark input")
     s.add_argument("--models", help="model, eval: comma-separated model recipes (default: small ones on CPU)")
     s.add_argument("--impls", help="model: comma-separated of hf,ours,ours+docmask,ours+ckpt; eval: ours,lm-eval")

@@ -290,6 +290,14 @@ class TokenizerRecipe(Model):
 
 
 # --------------------------------------------------------------------------------------------- mixtures
+def positive_weights(v: dict[str, float]) -> dict[str, float]:
+    """Validator of a name -> weight mapping (mixture sources, a sweep objective's tasks)."""
+    bad = [k for k, w in v.items() if not w > 0]
+    if bad:
+        raise ValueError(f"weights must be > 0 (got {', '.join(f'{k}={v[k]}' for k in bad)})")
+    return v
+
+
 class MixtureRecipe(Model):
     """A training mixture: source weights as shares of training tokens, the token budget and the split."""
 
@@ -301,13 +309,7 @@ class MixtureRecipe(Model):
     seed: int = 0
     max_epochs: float = Field(4.0, gt=0)
 
-    @field_validator("sources")
-    @classmethod
-    def _positive_weights(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = [k for k, w in v.items() if not w > 0]
-        if bad:
-            raise ValueError(f"weights must be > 0 (got {', '.join(f'{k}={v[k]}' for k in bad)})")
-        return v
+    _positive_weights = field_validator("sources")(classmethod(lambda cls, v: positive_weights(v)))
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -658,18 +660,24 @@ class Catalog:
         sweep = self.sweeps[name]
         exps = {e: self.experiment_hash(e) for e in (getattr(sweep, "proxy", None),
                 getattr(getattr(sweep, "transfer", None), "experiment", None)) if e in self.experiments}
-        return canonical_hash({"sweep": sweep.model_dump(mode="json", exclude={"description"}), "experiments": exps})
+        lad, target = getattr(sweep, "ladder", None), getattr(sweep, "target", None)
+        models = [*(lad.models if lad else []), *([lad.base_model] if lad and lad.base_model else []),
+                  *([target.model] if target else [])]
+        return canonical_hash({"sweep": sweep.model_dump(mode="json", exclude={"description"}), "experiments": exps,
+                               "models": {m: self.model_hash(m) for m in models if m in self.models}})
 
     def point_hash(self, key: str) -> str:
         """A point's identity: its sweep's settings that shape it, its mixture recipe and its experiment."""
         from dataclasses import asdict
 
         p = self.points[key]
-        shaping = {"mixture": {"base", "sources", "seed", "sampler", "proxy", "objective"},
-                   "scaling": {"mixture", "stage", "compute", "objective"}}  # not the point count, fits, targets
-        sweep = self.sweeps[p.sweep].model_dump(mode="json", include=shaping[self.sweeps[p.sweep].kind])
-        return canonical_hash({"point": asdict(p), "sweep": sweep, "mixture": self.mixture_hash(key),
-                               "experiment": self.experiment_hash(p.experiment)})
+        sweep = self.sweeps[p.sweep]
+        # what shapes the run: not the point count, the objective (proxy_scores re-scores), fits, targets, held_out
+        shaping = {"mixture": {"base", "sources", "seed", "sampler", "proxy"} if p.index is not None else {"base", "proxy"},
+                   "scaling": {"mixture", "stage", "compute", "max_epochs"}}[sweep.kind]
+        ident = {k: v for k, v in asdict(p).items() if k not in ("held_out", "extra")}
+        return canonical_hash({"point": ident, "sweep": sweep.model_dump(mode="json", include=shaping),
+                               "mixture": self.mixture_hash(key), "experiment": self.experiment_hash(p.experiment)})
 
     def ordinary_mixtures(self) -> list[str]:
         """Mixture partitions: the recipe files and each sweep's searched mixture (not the points)."""
@@ -686,7 +694,8 @@ class Catalog:
         tok = self.tokenizers[name]
         if tok.sources:
             return list(tok.sources)
-        return sorted({s for m in self.mixtures.values() if m.tokenizer == name for s in m.sources})
+        return sorted({s for m in self.ordinary_mixtures() if self.mixtures[m].tokenizer == name
+                       for s in self.mixtures[m].sources})
 
     def token_shard_keys(self) -> list[tuple[str, str]]:
         """(tokenizer, source) pairs some mixture needs, as token_shards partitions `<tokenizer>.<source>`."""

@@ -86,6 +86,11 @@ def load_profile(name: str | None = None) -> Profile:
         raise RecipeError([RecipeProblem(file=str(path), field="", message=f"invalid YAML: {e}")]) from None
 
 
+def sweep_parallel() -> int:
+    """Runs of a sweep trained at once: `minigpt sweep --parallel` (MINIGPT_SWEEP_PARALLEL), else the profile's."""
+    return int(os.environ.get("MINIGPT_SWEEP_PARALLEL") or load_profile().sweep_parallel)
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path

@@ -1,4 +1,5 @@
-"""`minigpt sweep NAME` (materialize one sweep with a progress bar) and `minigpt report sweep NAME` (Markdown)."""
+"""`minigpt sweep NAME` (materialize one sweep with a progress bar), `minigpt report sweep NAME` (Markdown) and
+`minigpt bench sweep NAME` (proxy points per hour at several parallelisms)."""
 
 from __future__ import annotations
 
@@ -45,9 +46,11 @@ def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
     for o in failed:
         print(_describe(o), file=sys.stderr)
     print(f"report: minigpt report sweep {args.name}")
-    if any(o.asset in ("mixture_search", "scaling_law", "mixture_transfer") for o in failed):
-        return 1
-    return 0
+    sweep = cat.sweeps[args.name]
+    needed = ({"mixture_search"} | ({"mixture_transfer"} if sweep.transfer else set()) if sweep.kind == "mixture"
+              else {"scaling_law"})
+    reached = {o.asset for o in out if o.ok and not o.waiting and o.partition == args.name}
+    return 0 if needed <= reached else 1
 
 
 def cmd_report_sweep(args: argparse.Namespace, settings: Settings) -> int:
@@ -59,6 +62,49 @@ def cmd_report_sweep(args: argparse.Namespace, settings: Settings) -> int:
         print(str(e), file=sys.stderr)
         return 1
     print(path.read_text() if args.print else f"report: {path}")
+    return 0
+
+
+def cmd_bench_sweep(args: argparse.Namespace, settings: Settings) -> int:
+    """Proxy points per hour at each parallelism, on the same points: the first `--points` of the sweep are copied
+    into a fresh sweep per parallelism (`<name>-bench-p<k>`, a recipes copy under the home), so every side trains
+    the same mixtures from scratch, one after the other, on one device."""
+    import shutil
+
+    import yaml
+
+    from minigpt_assets.cli import format_table
+    from minigpt_assets.defs.runner import DATA_ASSETS, materialize_graph, materialize_points
+
+    cat = Catalog.load_or_raise(settings.recipes)
+    if not args.name or args.name not in cat.sweeps or cat.sweeps[args.name].kind != "mixture":
+        print(f"{args.name!r}: not a mixture sweep of {settings.recipes}", file=sys.stderr)
+        return 2
+    levels = [int(x) for x in args.parallel.split(",")]
+    root = settings.home / "bench" / f"sweep-{args.name}" / "recipes"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(settings.recipes, root)
+    data = yaml.safe_load((settings.recipes / "sweeps" / f"{args.name}.yaml").read_text())
+    for f in (root / "sweeps").glob("*.y*ml"):
+        f.unlink()
+    for k in levels:
+        sweep = {**data, "points": args.points, "search": {**data.get("search", {}), "min_points": 3}}
+        sweep.pop("transfer", None)
+        (root / "sweeps" / f"{args.name}-bench-p{k}.yaml").write_text(yaml.safe_dump(sweep))
+    bench = Settings.from_env(str(settings.home), str(root), settings.workers)
+    materialize_graph(bench, DATA_ASSETS, None, log=lambda s: None)
+    rows = []
+    for k in levels:
+        name = f"{args.name}-bench-p{k}"
+        materialize_graph(bench, {"sweep_points"}, {name}, log=lambda s: None)
+        t0 = time.time()
+        out = materialize_points(bench, name, k, log=lambda s: None)
+        dt = time.time() - t0
+        ok = sum(o.ok for o in out if o.asset == "proxy_scores")
+        first = float(rows[0][3]) if rows else dt
+        rows.append((k, args.points, ok, f"{dt:.1f}", f"{3600 * ok / dt:.0f}", f"{first / dt:.2f}x"))
+        print(f"parallel {k}: {ok}/{args.points} points in {dt:.1f}s", flush=True)
+    print(format_table(["parallel", "points", "scored", "seconds", "points/hour", "speed-up"], rows))
     return 0
 
 

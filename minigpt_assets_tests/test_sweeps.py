@@ -42,6 +42,14 @@ def sweep_recipes(tmp_path):
     return root
 
 
+def ladder(sizes: list[tuple[int, int]], tpp: list[float], held_out: str, extra: str) -> str:
+    """A scaling sweep over the tiny model's widths x depths on `mix`, scored by the bpb eval."""
+    rows = "\n".join(f"      - {{hidden_size: {d}, num_layers: {n}}}" for d, n in sizes)
+    return (f"kind: scaling\nmixture: mix\nladder:\n  base_model: tiny\n  sizes:\n{rows}\n"
+            f"  tokens_per_parameter: {tpp}\n  held_out: {held_out}\n"
+            f"stage: {{batch_size: 8, optim: {{lr: 0.01}}}}\nobjective: {{eval: bpb}}\n{extra}\n")
+
+
 def problems(root) -> list[str]:
     return [str(p) for p in Catalog.load(root).problems]
 
@@ -158,23 +166,8 @@ def test_scaling_fit_from_scored_runs(tmp_path):
     from minigpt_assets.store import ArtifactStore, StatsDB
 
     root = sweep_recipes(tmp_path)
-    write(root / "sweeps/ladder.yaml", """
-        kind: scaling
-        mixture: mix
-        ladder:
-          base_model: tiny
-          sizes:
-            - {hidden_size: 16, num_layers: 1}
-            - {hidden_size: 32, num_layers: 1}
-            - {hidden_size: 32, num_layers: 2}
-            - {hidden_size: 64, num_layers: 2}
-          tokens_per_parameter: [5, 10, 20]
-          held_out: largest
-        stage: {batch_size: 8}
-        objective: {eval: bpb}
-        target: {model: tiny, tokens: 1.0e6}
-        bootstrap: 30
-        """)
+    write(root / "sweeps/ladder.yaml", ladder([(16, 1), (32, 1), (32, 2), (64, 2)], [5, 10, 20], "largest",
+                                              "target: {model: tiny, tokens: 1.0e6}\nbootstrap: 30"))
     cat = Catalog.load_or_raise(root)
     home = tmp_path / "home"
     store = ArtifactStore(home)
@@ -212,24 +205,39 @@ def test_scaling_sweep_end_to_end(tmp_path):
     from minigpt_assets.settings import Settings
 
     root = sweep_recipes(tmp_path)
-    write(root / "sweeps/ladder.yaml", """
-        kind: scaling
-        mixture: mix
-        ladder:
-          base_model: tiny
-          sizes:
-            - {hidden_size: 16, num_layers: 1}
-            - {hidden_size: 32, num_layers: 1}
-            - {hidden_size: 32, num_layers: 2}
-          tokens_per_parameter: [0.5, 1, 2]
-          held_out: [d32x2@2]
-        stage: {batch_size: 8, optim: {lr: 0.01}}
-        objective: {eval: bpb}
-        bootstrap: 20
-        """)
+    write(root / "sweeps/ladder.yaml", ladder([(16, 1), (32, 1), (32, 2)], [0.5, 1, 2], "[d32x2@2]",
+                                              "bootstrap: 20"))
     settings = Settings.from_env(recipes=str(root))
     out = materialize_sweep(settings, "ladder", 1, log=lambda s: None)
     bad = [(o.asset, o.partition, o.error) for o in out if not o.ok]
     assert not bad, bad
     report = write_sweep_report(settings.home, Catalog.load_or_raise(root), "ladder").read_text()
     assert "held out" in report and "scaling.png" in report
+
+
+def test_definitions_with_sweeps_of_every_shape(tmp_path):
+    """A mixture sweep with and one without transfer, and a ladder: the code location loads, the ladder's
+    generated experiments stay out of the experiment x mixture grid, the searched mixture is a mixture partition."""
+    from minigpt_assets.definitions import build_definitions
+    from minigpt_assets.settings import Settings
+
+    root = sweep_recipes(tmp_path)
+    write(root / "sweeps/notransfer.yaml", SWEEP.split("    transfer:")[0])
+    write(root / "sweeps/ladder.yaml", ladder([(16, 1), (32, 1)], [1, 2], "none", ""))
+    defs = build_definitions(Settings.from_env(recipes=str(root)))
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"sweep_points", "point_mixture", "proxy_model", "proxy_scores", "mixture_search", "mixture_transfer",
+            "scaling_law"} <= keys
+    assert graph.get(dg_key("mixture_transfer")).partitions_def.get_partition_keys() == ["mixdemo"]
+    assert set(graph.get(dg_key("mixture_search")).partitions_def.get_partition_keys()) == {"mixdemo", "notransfer"}
+    assert "ladder.d16x1-t1" in graph.get(dg_key("proxy_model")).partitions_def.get_partition_keys()
+    exps = graph.get(dg_key("pretrained_model")).partitions_def.get_partitions_def_for_dimension("experiment")
+    assert set(exps.get_partition_keys()) == {"big", "exp"}
+    assert "mixdemo-searched" in graph.get(dg_key("mixture")).partitions_def.get_partition_keys()
+
+
+def dg_key(name: str):
+    import dagster as dg
+
+    return dg.AssetKey(name)

@@ -44,16 +44,23 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
         return artifact_result(art, {"shares": dg.MetadataValue.md(table),
                                      "composition": dg.MetadataValue.md(image)})
 
-    @dg.asset_check(asset=mixture, name="shares_within_tolerance", blocking=True,
-                    description=f"every source's realized token share is within {SHARE_TOLERANCE:.1%} of its target")
+    return [mixture, shares_check(mixture)]
+
+
+def shares_check(asset) -> dg.AssetChecksDefinition:
+    """Blocking check of a mixture plan (a mixture or a sweep's point; both live under `mixture/` in the store)."""
+
+    @dg.asset_check(asset=asset, name="shares_within_tolerance", blocking=True,
+                    description=f"every source's realized token share is within {SHARE_TOLERANCE:.1%} of its target "
+                                "(beyond one token of rounding)")
     def shares_within_tolerance(context: dg.AssetCheckExecutionContext, project: ProjectResource
                                 ) -> dg.AssetCheckResult:
+        import json
+
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         art = project.store().require(ASSET, context.partition_key)
-        import json
-
         weights = json.loads((art.path / "mixture.json").read_text())["weights"]
         total_w = sum(weights.values())
         worst = 0.0
@@ -62,7 +69,8 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
             total = pc.sum(t["length"]).as_py() or 0
             for s, w in weights.items():
                 got = pc.sum(t.filter(pc.equal(t["source"], s))["length"]).as_py() or 0
-                worst = max(worst, abs(got / total - w / total_w))
-        return dg.AssetCheckResult(passed=worst <= SHARE_TOLERANCE, metadata={"max_share_error": worst})
+                # beyond the one token a whole-token allocation may round (a 300-token split: 0.33 %)
+                worst = max(worst, abs(got / total - w / total_w) - 1 / total)
+        return dg.AssetCheckResult(passed=worst <= SHARE_TOLERANCE, metadata={"max_share_error": max(worst, 0.0)})
 
-    return [mixture, shares_within_tolerance]
+    return shares_within_tolerance

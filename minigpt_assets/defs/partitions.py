@@ -34,7 +34,7 @@ class Partitions:
 
         used_groups = {s.dedup.group for s in cat.sources.values() if s.dedup.group is not None}
         mixtures = {m for m in cat.ordinary_mixtures() if cat.mixtures[m].tokenizer in cat.tokenizers}
-        experiments = {e for e, r in cat.experiments.items() if r.model in cat.models}
+        experiments = {e for e, r in cat.experiments.items() if r.model in cat.models and e not in cat.generated}
         training = None
         if mixtures and experiments:
             training = dg.MultiPartitionsDefinition({"experiment": dg.StaticPartitionsDefinition(sorted(experiments)),
@@ -122,8 +122,9 @@ def sweep_to_points(cat: Catalog) -> dg.StaticPartitionMapping:
     return _mapping([(p.sweep, k) for k, p in cat.points.items()])
 
 
-def points_to_sweep(cat: Catalog, kind: str) -> dg.StaticPartitionMapping:
-    return _mapping([(k, p.sweep) for k, p in cat.points.items() if cat.sweeps[p.sweep].kind == kind])
+def points_to_sweep(cat: Catalog, sweeps: set[str]) -> dg.StaticPartitionMapping:
+    """proxy_scores[point] feeds the fit (or transfer) of its sweep, for the sweeps that asset is partitioned by."""
+    return _mapping([(k, p.sweep) for k, p in cat.points.items() if p.sweep in sweeps])
 
 
 def eval_to_points(cat: Catalog) -> dg.StaticPartitionMapping:
@@ -136,10 +137,10 @@ def sweep_to_searched(cat: Catalog) -> dg.StaticPartitionMapping:
     return _mapping([(sweep, name) for name, sweep in cat.searched.items()])
 
 
-def searched_to_sweep(cat: Catalog) -> dg.StaticPartitionMapping:
-    return _mapping([(name, sweep) for name, sweep in cat.searched.items()])
+def searched_to_sweep(cat: Catalog, sweeps: set[str]) -> dg.StaticPartitionMapping:
+    return _mapping([(name, sweep) for name, sweep in cat.searched.items() if sweep in sweeps])
 
 
-def same_sweep(cat: Catalog, kind: str) -> dg.StaticPartitionMapping:
-    """sweep_recipe[sweep] (every sweep) -> an asset of only the sweeps of one kind."""
-    return _mapping([(n, n) for n, s in cat.sweeps.items() if s.kind == kind])
+def same_sweep(sweeps: set[str]) -> dg.StaticPartitionMapping:
+    """sweep_recipe[sweep] (every sweep) -> an asset partitioned by some of them."""
+    return _mapping([(n, n) for n in sweeps])

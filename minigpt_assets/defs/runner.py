@@ -77,6 +77,7 @@ def materialize_graph(settings: Settings, select: set[str] | None = None, partit
     job = defs.resolve_implicit_global_asset_job_def()
     outcomes: list[StepOutcome] = []
     failed: set[tuple[str, str | None]] = set()
+    waiting: set[tuple[str, str | None]] = set()  # not run: an upstream partition was never materialized
     for key in graph.toposorted_asset_keys:
         node = graph.get(key)
         name = key.to_user_string()
@@ -87,9 +88,11 @@ def materialize_graph(settings: Settings, select: set[str] | None = None, partit
             if partitions and pk is not None and pk not in partitions:
                 continue
             blocked = [f"{a}[{p}]" for (a, p) in failed if _depends_on(node, dg.AssetKey(a), p, pk)]
-            absent = _never_materialized(graph, instance, node, pk)
+            absent = _never_materialized(graph, instance, node, pk) or next(
+                (f"{a}[{p}]" for (a, p) in waiting if _depends_on(node, dg.AssetKey(a), p, pk)), "")
             if absent and not blocked:
                 outcomes.append(StepOutcome(name, pk, True, 0.0, waiting=absent))
+                waiting.add((name, pk))
                 log(f"  wait {name}[{pk}]: upstream {absent} not materialized yet")
                 continue
             if blocked:
@@ -183,10 +186,10 @@ DATA_ASSETS = {"source_documents", "quality_classifier", "filtered_documents", "
 POINT_ASSETS = ("point_mixture", "proxy_model", "proxy_scores")
 
 
-def _point_worker(home: str, recipes: str, workers: int, key: str) -> list[StepOutcome]:
+def _point_worker(home: str, recipes: str, workers: int, key: str, force: bool) -> list[StepOutcome]:
     """One point's three assets in a process of its own (`minigpt sweep --parallel`)."""
     settings = Settings.from_env(home, recipes, workers)
-    return materialize_graph(settings, set(POINT_ASSETS), {key}, log=lambda s: None)
+    return materialize_graph(settings, set(POINT_ASSETS), {key}, log=lambda s: None, force=force)
 
 
 def materialize_sweep(settings: Settings, name: str, parallel: int = 1, log: Callable[[str], None] = print,
@@ -195,42 +198,15 @@ def materialize_sweep(settings: Settings, name: str, parallel: int = 1, log: Cal
     run, score; `parallel` points at once, each in a process of its own), then mixture_search, the searched
     mixture and mixture_transfer, or scaling_law. Fresh partitions are skipped; failed points are reported
     and the fits use the rest."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     cat = Catalog.load_or_raise(settings.recipes)
     if name not in cat.sweeps:
         raise KeyError(f"unknown sweep {name!r} (known: {', '.join(sorted(cat.sweeps)) or 'none'})")
-    keys = cat.sweep_point_keys(name)
     out = materialize_graph(settings, DATA_ASSETS, None, log=log)  # dedup groups span sources: the whole data half
     out += materialize_graph(settings, {"sweep_points"}, {name}, log=log, force=force)
-    if any(not o.ok for o in out):
+    if any(not o.ok or o.waiting for o in out if o.asset == "sweep_points"):
         return out
-    done = 0
-    if progress:
-        progress(done, len(keys))
-    if parallel <= 1:
-        for k in keys:
-            res = materialize_graph(settings, set(POINT_ASSETS), {k}, log=log, force=force)
-            out += res
-            done += 1
-            if progress:
-                progress(done, len(keys))
-    else:
-        with ProcessPoolExecutor(max_workers=parallel) as pool:
-            futs = {pool.submit(_point_worker, str(settings.home), str(settings.recipes), settings.workers, k): k
-                    for k in keys}
-            for f in as_completed(futs):
-                try:
-                    res = f.result()
-                except Exception as e:  # a crashed worker fails its point, not the sweep
-                    res = [StepOutcome("proxy_model", futs[f], False, 0.0, error=str(e).splitlines()[-1])]
-                for o in res:
-                    if not o.fresh:
-                        log(_describe(o))
-                out += res
-                done += 1
-                if progress:
-                    progress(done, len(keys))
+    out += materialize_points(settings, name, parallel, log, progress, force)
+    os.environ["MINIGPT_SWEEP_PARALLEL"] = str(parallel)  # mixture_transfer trains as many runs at once
     kind = cat.sweeps[name].kind
     fits = ({"mixture_search"} if kind == "mixture" else {"scaling_law"})
     out += materialize_graph(settings, fits, {name}, log=log, force=force)
@@ -238,4 +214,40 @@ def materialize_sweep(settings: Settings, name: str, parallel: int = 1, log: Cal
         out += materialize_graph(settings, {"mixture"}, {f"{name}-searched"}, log=log, force=force)
         if cat.sweeps[name].transfer is not None:
             out += materialize_graph(settings, {"mixture_transfer"}, {name}, log=log, force=force)
+    return out
+
+
+def materialize_points(settings: Settings, name: str, parallel: int = 1, log: Callable[[str], None] = print,
+                       progress: Callable[[int, int], None] | None = None, force: bool = False) -> list[StepOutcome]:
+    """Every point of a sweep (plan, proxy run, score), `parallel` at once, each in a process of its own."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    keys = Catalog.load_or_raise(settings.recipes).sweep_point_keys(name)
+    out: list[StepOutcome] = []
+    done = 0
+    if progress:
+        progress(done, len(keys))
+    if parallel <= 1:
+        for k in keys:
+            out += materialize_graph(settings, set(POINT_ASSETS), {k}, log=log, force=force)
+            done += 1
+            if progress:
+                progress(done, len(keys))
+        return out
+    with ProcessPoolExecutor(max_workers=parallel) as pool:
+        futs = {pool.submit(_point_worker, str(settings.home), str(settings.recipes), settings.workers, k, force): k
+                for k in keys}
+        for f in as_completed(futs):
+            try:
+                res = f.result()
+            except Exception as e:  # a crashed worker fails its point, not the sweep
+                res = [StepOutcome("proxy_model", futs[f], False, 0.0,
+                                   error=(str(e).strip().splitlines() or [type(e).__name__])[-1])]
+            for o in res:
+                if not o.fresh:
+                    log(_describe(o))
+            out += res
+            done += 1
+            if progress:
+                progress(done, len(keys))
     return out

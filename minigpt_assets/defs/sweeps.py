@@ -16,6 +16,7 @@ import dagster as dg
 from minigpt_assets.defs.automation import ON_DATA_OR_CODE_CHANGE
 from minigpt_assets.defs.common import artifact_result
 from minigpt_assets.defs.mixtures import ASSET as MIXTURE_ASSET
+from minigpt_assets.defs.mixtures import shares_check
 from minigpt_assets.defs.partitions import (Partitions, eval_to_points, points_to_sweep, same_sweep,
                                             searched_to_sweep, sweep_to_points, token_shards_to_points,
                                             token_shards_to_sweep)
@@ -23,7 +24,7 @@ from minigpt_assets.defs.resources import ProjectResource
 from minigpt_assets.defs.tokens import ASSET as TOKENS_ASSET
 from minigpt_assets.recipes import Catalog
 from minigpt_assets.science import mixture_loop, pipeline, scaling_loop
-from minigpt_assets.settings import load_profile, quiet_openmp
+from minigpt_assets.settings import quiet_openmp, sweep_parallel
 
 POINT_MIXTURE, PROXY_MODEL = "point_mixture", "proxy_model"
 SCORES, POINTS = pipeline.SCORES_ASSET, pipeline.POINTS_ASSET
@@ -94,7 +95,8 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
     evals = [dg.AssetDep(recipe_assets["eval_recipe"], partition_mapping=eval_to_points(cat))] \
         if "eval_recipe" in recipe_assets else []
 
-    @_asset(SCORES, parts.points, [dg.AssetDep(PROXY_MODEL, partition_mapping=identity), *evals],
+    @_asset(SCORES, parts.points, [dg.AssetDep(PROXY_MODEL, partition_mapping=identity), *evals,
+                                   dg.AssetDep(recipe_assets["sweep_recipe"], partition_mapping=sweep_to_points(cat))],
             "The point's objective (the sweep's eval, a weighted mean of its tasks) on the proxy's checkpoint "
             "(DuckDB proxy_objectives; per-example rows in eval_results).", {"pytorch", "duckdb"}, pool="proxy")
     def proxy_scores(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
@@ -103,12 +105,13 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
         return artifact_result(art, {"objective": dg.MetadataValue.float(float(res["objective"])),
                                      **{t: dg.MetadataValue.float(float(v)) for t, v in res["tasks"].items()}})
 
-    out += [sweep_points, point_mixture, proxy_model, proxy_scores]
+    out += [sweep_points, point_mixture, shares_check(point_mixture), proxy_model, proxy_scores]
     recipe = recipe_assets["sweep_recipe"]
+    kinds = {k: {n for n, s in cat.sweeps.items() if s.kind == k} for k in ("mixture", "scaling")}
     if parts.mixture_sweeps is not None:
         @_asset(SEARCH, parts.mixture_sweeps, [
-            dg.AssetDep(SCORES, partition_mapping=points_to_sweep(cat, "mixture")),
-            dg.AssetDep(recipe, partition_mapping=same_sweep(cat, "mixture"))],
+            dg.AssetDep(SCORES, partition_mapping=points_to_sweep(cat, kinds["mixture"])),
+            dg.AssetDep(recipe, partition_mapping=same_sweep(kinds["mixture"]))],
             "Regress the objective on the mixture weights (LightGBM, linear, data mixing law; chosen by k-fold "
             "cross-validated Spearman), search >= 100k sampled mixtures and average the top k: the weights of "
             "mixture[<sweep>-searched] (DuckDB mixture_fits).", {"lightgbm", "duckdb"})
@@ -126,13 +129,13 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
                 "importances": _image((art.path / "importances.png").read_bytes(), "importances")})
 
         out.append(mixture_search)
-        with_transfer = sorted(n for n, s in cat.sweeps.items() if s.kind == "mixture" and s.transfer is not None)
+        with_transfer = {n for n in kinds["mixture"] if cat.sweeps[n].transfer is not None}
         if with_transfer:
-            @_asset(TRANSFER, dg.StaticPartitionsDefinition(with_transfer), [
-                dg.AssetDep(MIXTURE_ASSET, partition_mapping=searched_to_sweep(cat)),
-                dg.AssetDep(SEARCH, partition_mapping=identity),
-                dg.AssetDep(SCORES, partition_mapping=points_to_sweep(cat, "mixture")),
-                dg.AssetDep(recipe, partition_mapping=same_sweep(cat, "mixture"))],
+            @_asset(TRANSFER, dg.StaticPartitionsDefinition(sorted(with_transfer)), [
+                dg.AssetDep(MIXTURE_ASSET, partition_mapping=searched_to_sweep(cat, with_transfer)),
+                dg.AssetDep(SEARCH, partition_mapping=same_sweep(with_transfer)),
+                dg.AssetDep(SCORES, partition_mapping=points_to_sweep(cat, with_transfer)),
+                dg.AssetDep(recipe, partition_mapping=same_sweep(with_transfer))],
                 "Train the transfer set (searched, hand-written, top/bottom/random points) with the larger "
                 "experiment; Spearman and pairwise decision accuracy between scales, and a paired test of the "
                 "searched mixture against every hand-written one (DuckDB mixture_transfer).",
@@ -140,7 +143,7 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
             def mixture_transfer(context: dg.AssetExecutionContext, project: ProjectResource
                                  ) -> dg.MaterializeResult:
                 art, res = mixture_loop.transfer(Path(project.home), project.catalog(), context.partition_key,
-                                                 parallel=load_profile().sweep_parallel,
+                                                 parallel=sweep_parallel(),
                                                  log=context.log.info)
                 return artifact_result(art, {
                     "spearman": dg.MetadataValue.float(float(res["spearman"])),
@@ -152,8 +155,8 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
             out.append(mixture_transfer)
     if parts.scaling_sweeps is not None:
         @_asset(SCALING, parts.scaling_sweeps, [
-            dg.AssetDep(SCORES, partition_mapping=points_to_sweep(cat, "scaling")),
-            dg.AssetDep(recipe, partition_mapping=same_sweep(cat, "scaling"))],
+            dg.AssetDep(SCORES, partition_mapping=points_to_sweep(cat, kinds["scaling"])),
+            dg.AssetDep(recipe, partition_mapping=same_sweep(kinds["scaling"]))],
             "Chinchilla approach 3: L(N, D) = E + A/N^alpha + B/D^beta by Huber loss and L-BFGS from a grid, "
             "bootstrap intervals, held-out error, compute-optimal N and D, the target's loss; per task as well "
             "(DuckDB scaling_fits, scaling_predictions).", {"scipy", "duckdb"})

@@ -183,6 +183,8 @@ def compare_runs(home: Path, experiments: list[str] | None = None, mixtures: lis
         where.append("experiment IN ({})".format(",".join(f"'{e}'" for e in experiments)))
     if mixtures:
         where.append("mixture IN ({})".format(",".join(f"'{m}'" for m in mixtures)))
+    else:  # a sweep's point runs (mixtures `<sweep>.<label>`) are compared by the sweep's own assets
+        where.append("mixture NOT LIKE '%.%'")
     cols, rows = db.query("SELECT mixture, experiment, task, metric, example, value, weight FROM eval_results "
                           f"WHERE {' AND '.join(where)}")
     if not rows:

@@ -191,11 +191,20 @@ def transfer(home: Path, cat: Catalog, sweep_name: str, parallel: int = 1, launc
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         list(pool.map(run, jobs))
     scores: dict[tuple[str, str], float] = {}
+    scored_tasks: dict[str, float] = {}
     for mix, exp in jobs:
         if f"{exp}/{mix}" in failed:
             continue
-        res = score_run(home, cat, sweep_name, mix, exp, device, log)
+        try:
+            res = score_run(home, cat, sweep_name, mix, exp, device, log)
+        except Exception as e:  # an eval that fails leaves the others
+            failed[f"{exp}/{mix}"] = f"scoring: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}"
+            continue
+        if not np.isfinite(res["objective"]):
+            failed[f"{exp}/{mix}"] = f"scoring: objective {res['objective']}"
+            continue
         scores[(mix, exp)] = res["objective"]
+        scored_tasks = {t: 1.0 for t in res["tasks"]}
         StatsDB(home).write("proxy_objectives", f"{mix}+{exp}", [_objective_row(
             cat.points.get(mix), res, "target" if exp == target else "proxy")])
     proxy_obj = {d["point"]: d["objective"] for d in done}
@@ -210,6 +219,7 @@ def transfer(home: Path, cat: Catalog, sweep_name: str, parallel: int = 1, launc
     acc_ci = decision_accuracy_interval(small, large, samples=t.bootstrap, seed=t.seed) if len(both) > 2 \
         else (float("nan"), float("nan"))
     ev, tasks, metric, _ = objective_spec(cat, sweep_name)
+    tasks = tasks or scored_tasks  # no tasks named: every task of the metric, equally weighted
     hand = [m for m, role in members if role == "hand-written" and m in target_obj]
     tests = {}
     if name in target_obj:

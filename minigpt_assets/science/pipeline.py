@@ -179,7 +179,9 @@ def score_point(home: Path, cat: Catalog, key: str, device=None, log=lambda s: N
     store = ArtifactStore(home)
     model = store.require("pretrained_model", stage_partition(p.experiment, key))
     res = score_run(home, cat, p.sweep, key, p.experiment, device, log)
-    res.update(point=key, label=p.label, model_version=model.version)
+    # what the score belongs to: a later failed re-run must not pass this score off as the new point's
+    res.update(point=key, label=p.label, model_version=model.version,
+               mixture_version=store.require("mixture", key).version)
     with store.stage(SCORES_ASSET, key) as st:
         (st.path / "objective.json").write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
         art = st.publish(counts={"tasks": len(res["tasks"])}, meta={"objective": res["objective"]})
@@ -201,13 +203,27 @@ def sweep_results(home: Path, cat: Catalog, sweep_name: str) -> tuple[list[dict]
     done, missing = [], []
     for r in rows:
         sc = store.current(SCORES_ASSET, r["point"])
-        if sc is None:
+        res = json.loads((sc.path / "objective.json").read_text()) if sc is not None else None
+        if res is None or not _current(store, r, res):
             missing.append(r["point"])
             continue
-        res = json.loads((sc.path / "objective.json").read_text())
         done.append({**r, "weights": json.loads(r["weights"]), "objective": res["objective"], "tasks": res["tasks"],
                      "lower_is_better": res["lower_is_better"]})
     return done, missing
+
+
+def _current(store: ArtifactStore, row: dict, res: dict) -> bool:
+    """Whether a point's score belongs to its current plan and checkpoint (a score left by an earlier version of a
+    point whose re-run failed does not)."""
+    from minigpt_assets.training.pipeline import stage_partition
+
+    if "mixture_version" not in res:  # written by hand or by a test: trusted
+        return True
+    mix = store.current("mixture", row["point"])
+    model = store.current("pretrained_model", stage_partition(row["experiment"], row["point"]))
+    return (mix is not None and mix.version == res["mixture_version"] and model is not None
+            and model.version == res["model_version"]
+            and model.manifest.get("meta", {}).get("mixture_version", mix.version) == mix.version)
 
 
 def png_b64(data: bytes) -> str:

@@ -101,22 +101,25 @@ def write_sweep_report(home: Path, cat: Catalog, name: str) -> Path:
                "| parameter | value | 95% bootstrap interval |", "|---|---:|---|"]
         for k in ("E", "A", "B", "alpha", "beta"):
             lohi = iv.get(k)
-            md.append(f"| {k} | {f[k]:.4g} | {f'[{lohi[0]:.4g}, {lohi[1]:.4g}]' if lohi else ''} |")
+            band = f"[{_f(lohi[0], '.4g')}, {_f(lohi[1], '.4g')}]" if lohi else ""
+            md.append(f"| {k} | {_f(f[k], '.4g')} | {band} |")
         md += ["", "| run | N | D | held out | measured | predicted | error |", "|---|---:|---:|---|---:|---:|---:|"]
         for x, p in zip(r["runs"], f["predicted"]):
+            err = "n/a" if p is None else f"{(p - x['objective']) / x['objective']:+.2%}"
             md.append(f"| {x['label']} | {x['params']:,} | {x['tokens']:,} | {'yes' if x['held_out'] else ''} | "
-                      f"{x['objective']:.4f} | {p:.4f} | {(p - x['objective']) / x['objective']:+.2%} |")
+                      f"{x['objective']:.4f} | {_f(p)} | {err} |")
         md.append("")
         if "target" in f:
             tg = f["target"]
             md += [f"- target {r['target']['model']} on {tg['tokens']:.3g} tokens (N = {tg['params']:.3g}): predicted "
-                   f"**{tg['predicted']:.4f}** (95% interval [{_f(tg['low'])}, {_f(tg['high'])}])",
-                   f"- compute-optimal for its {tg['flops']:.3g} FLOPs (C = 6ND): N = {tg['compute_optimal_params']:.3g}, "
-                   f"D = {tg['compute_optimal_tokens']:.3g}, predicted {tg['compute_optimal_loss']:.4f}", ""]
+                   f"**{_f(tg['predicted'])}** (95% interval [{_f(tg['low'])}, {_f(tg['high'])}])",
+                   f"- compute-optimal for its {tg['flops']:.3g} FLOPs (C = 6ND): N = "
+                   f"{_f(tg['compute_optimal_params'], '.3g')}, D = {_f(tg['compute_optimal_tokens'], '.3g')}, "
+                   f"predicted {_f(tg['compute_optimal_loss'])}", ""]
         md += ["Per task:", "", "| task | E | alpha | beta | held-out errors |", "|---|---:|---:|---:|---|"]
         for task, ft in r["fits"].items():
-            md.append(f"| {task} | {ft['E']:.4g} | {ft['alpha']:.3f} | {ft['beta']:.3f} | "
-                      f"{', '.join(f'{e:+.2%}' for e in ft['held_out_rel_errors'])} |")
+            errs = ", ".join("n/a" if e is None else f"{e:+.2%}" for e in ft["held_out_rel_errors"])
+            md.append(f"| {task} | {_f(ft['E'], '.4g')} | {_f(ft['alpha'], '.3f')} | {_f(ft['beta'], '.3f')} | {errs} |")
         md.append("")
         figure(a, "scaling.png", "scaling curves")
     path = out / "report.md"

@@ -20,6 +20,8 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from minigpt_assets.recipes import positive_weights
+
 SWEEP_SEPARATOR = "."  # recipe names never hold a dot (mixtures) so a point key never collides with a recipe
 SEARCHED_SUFFIX = "-searched"
 
@@ -68,13 +70,7 @@ class Objective(_Strict):
     tasks: dict[str, float] = Field(default_factory=dict)
     metric: str | None = None  # default: the eval kind's metric (bits_per_byte, acc, ...)
 
-    @field_validator("tasks")
-    @classmethod
-    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = [k for k, w in v.items() if not w > 0]
-        if bad:
-            raise ValueError(f"weights must be > 0 (got {', '.join(f'{k}={v[k]}' for k in bad)})")
-        return v
+    _positive = field_validator("tasks")(classmethod(lambda cls, v: positive_weights(v)))
 
 
 class Search(_Strict):
@@ -173,6 +169,8 @@ class ScalingSweep(_Strict):
     ladder: Ladder
     stage: dict = Field(default_factory=dict)  # a pretrain stage (batch_size, optim, ...); max_steps from the budget
     compute: str = "local"
+    max_epochs: float = Field(100.0, gt=0)  # how often a run may repeat a bounded source (the mixture's own limit
+    #                                        is for its own budget; the ladder's largest runs read far more)
     objective: Objective = Objective()
     target: Target | None = None
     bootstrap: int = Field(200, ge=0)
@@ -308,6 +306,10 @@ def expand_mixture_sweep(cat, name: str, sweep: MixtureSweep) -> Expansion:
     proxy_tokens = stage_tokens(proxy, sweep.base.seq_len)
     target_tokens = stage_tokens(target, sweep.base.seq_len) if target is not None else 0
     total = sweep.base.total_tokens or max(proxy_tokens, target_tokens)
+    if total < max(proxy_tokens, target_tokens):
+        ex.problems.append(("base.total_tokens", f"{total} is fewer than the {max(proxy_tokens, target_tokens)} tokens "
+                                                 "the proxy or transfer run reads (the plan would repeat)"))
+        return ex
     placeholder = {s: 1.0 for s in sweep.sources}  # sweep_points draws the real weights (they need token counts)
 
     def recipe(sources: dict[str, float]) -> MixtureRecipe:
@@ -370,7 +372,6 @@ def expand_scaling_sweep(cat, name: str, sweep: ScalingSweep) -> Expansion:
             ex.problems.append(("ladder.held_out", f"unknown runs {', '.join(bad)} (runs are <model>@<tokens per "
                                                    "parameter>)"))
             return ex
-    i = 0
     for n, mname, cfg in sized:
         if mix.seq_len > cfg.max_seq_len:
             ex.problems.append(("ladder", f"model {mname!r}: max_seq_len {cfg.max_seq_len} < the mixture's seq_len"))
@@ -380,15 +381,14 @@ def expand_scaling_sweep(cat, name: str, sweep: ScalingSweep) -> Expansion:
                 tpp * n, int(sweep.stage.get("batch_size", 16)), mix.seq_len)})
             tokens = stage_tokens(stage, mix.seq_len)
             label = tpp_label(short[mname], tpp)
-            key = point_key(name, f"{i:03d}")
+            key = point_key(name, f"{short[mname]}-t{tpp:g}")  # stable: adding a size or budget keeps the others
             held = (lad.held_out == "largest" and n == largest) or (isinstance(lad.held_out, list)
                                                                    and label in lad.held_out)
             ex.experiments[key] = ExperimentRecipe(model=mname, stages=[stage], compute=sweep.compute,
                                                    description=f"{name}: {label}")
-            ex.mixtures[key] = mix.model_copy(update={"total_tokens": tokens})
+            ex.mixtures[key] = mix.model_copy(update={"total_tokens": tokens, "max_epochs": sweep.max_epochs})
             ex.points.append(Point(key, name, label, key, tokens, mixture=sweep.mixture, model=mname, params=n,
                                    held_out=held, extra={"tokens_per_parameter": tpp}))
-            i += 1
     return ex
 
 

@@ -98,14 +98,12 @@ def _tokenizer_vocab(folder: Path) -> int:
 
 
 def loss_curve_png(rows: list[dict], out: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no pyplot state, so threads may plot at once
 
     train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None and not r.get("skipped")]
     val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train), label="train", lw=1)
     if val:
@@ -130,7 +128,6 @@ def loss_curve_png(rows: list[dict], out: Path, title: str) -> None:
         ax.legend(*handles, fontsize=8)
     fig.tight_layout()
     fig.savefig(out)
-    plt.close(fig)
 
 
 def metrics_rows(run_dir: Path, mixture: str, experiment: str) -> list[dict]:
@@ -212,7 +209,8 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
         tail = (run_dir / "train.log").read_text().strip().splitlines()[-1:] if (run_dir / "train.log").is_file() else []
         raise PipelineError(f"training {experiment}/{mixture}/{st.stage_name} failed (exit {code})"
                             + (f": {tail[0]}" if tail else "") + f"; log: {run_dir / 'train.log'}")
-    return publish_stage(store, run_dir, mixture, experiment, st, tok_art.path)
+    return publish_stage(store, run_dir, mixture, experiment, st, tok_art.path,
+                         {"mixture_version": mix_art.version} if data["kind"] == "mixture" else None)
 
 
 def teacher_stage(cat: Catalog, st: StageConfig, experiment: str, index: int) -> tuple[str, StageConfig]:
@@ -251,7 +249,7 @@ def resolve_teacher(store: ArtifactStore, cat: Catalog, st: StageConfig, mixture
 
 
 def publish_stage(store: ArtifactStore, run_dir: Path, mixture: str, experiment: str, st: StageConfig,
-                  tokenizer_dir: Path) -> StageOutcome:
+                  tokenizer_dir: Path, meta: dict | None = None) -> StageOutcome:
     import shutil
 
     from minigpt_assets.training.checkpoint import latest_checkpoint
@@ -283,5 +281,5 @@ def publish_stage(store: ArtifactStore, run_dir: Path, mixture: str, experiment:
         loss_curve_png(rows, stg.path / "loss_curve.png", f"{experiment} on {mixture}: {st.stage_name}")
         (stg.path / "training.json").write_text(json.dumps({**summary, "run_dir": str(run_dir)}, indent=2) + "\n")
         art = stg.publish(counts={"steps": summary["steps"], "tokens": summary["tokens"]},
-                          meta={**summary, "run_dir": str(run_dir), "checkpoint": str(last)})
+                          meta={**summary, "run_dir": str(run_dir), "checkpoint": str(last), **(meta or {})})
     return StageOutcome(art, summary, run_dir)
