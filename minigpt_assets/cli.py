@@ -9,29 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from minigpt_assets.cli_common import _common, _fail, _settings
 from minigpt_assets.recipes import RECIPE_KINDS, Catalog, RecipeError
-from minigpt_assets.settings import Settings, quiet_openmp
-
-
-def _common() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--home", default=argparse.SUPPRESS,
-                   help="artifact root (default: $MINIGPT_HOME or ./.minigpt)")
-    p.add_argument("--recipes", default=argparse.SUPPRESS,
-                   help="recipes directory (default: $MINIGPT_RECIPES or ./recipes)")
-    p.add_argument("--workers", type=int, default=argparse.SUPPRESS, help="worker processes per stage")
-    return p
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(getattr(args, "home", None), getattr(args, "recipes", None),
-                             getattr(args, "workers", None))
-
-
-def _fail(lines: list[str] | str, code: int = 1) -> int:
-    for line in [lines] if isinstance(lines, str) else lines:
-        print(line, file=sys.stderr)
-    return code
+from minigpt_assets.settings import quiet_openmp
+from minigpt_assets.tables import format_table
 
 
 # ------------------------------------------------------------------------------------------------ validate
@@ -217,29 +198,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ stats
-def format_table(cols: list[str], rows: list[tuple]) -> str:
-    def cell(v: object) -> str:
-        if v is None:
-            return ""
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
-
-    body = [[cell(v) for v in r] for r in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in body]) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(r, widths)) for r in body]
-    return "\n".join(lines)
-
-
-def _numeric(v: str) -> bool:
-    try:
-        float(v)
-        return True
-    except ValueError:
-        return False
-
-
 def cmd_sql(args: argparse.Namespace) -> int:
     import duckdb
 
@@ -273,98 +231,6 @@ def cmd_analyze_mixture(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ bench / ui
-def cmd_bench(args: argparse.Namespace) -> int:
-    if args.what == "data":
-        from minigpt_assets.data.bench import run_data_bench
-
-        return run_data_bench(_settings(args), docs=args.docs)
-    if args.what == "backfill":
-        return _bench_backfill(args)
-    if args.what == "sweep":
-        from minigpt_assets.sweep_cli import cmd_bench_sweep
-
-        return cmd_bench_sweep(args, _settings(args))
-    settings = _settings(args)
-    cat = Catalog.load_or_raise(settings.recipes, check_files=False)
-    models = args.models.split(",") if args.models else None
-    unknown = [m for m in models or [] if m not in cat.models]
-    if unknown:
-        return _fail(f"bench {args.what}: --models: unknown model recipe(s) {', '.join(unknown)} "
-                     f"(known: {', '.join(sorted(cat.models))})")
-    if args.what == "model":
-        from minigpt_assets.models.bench import run_model_bench
-
-        return run_model_bench(settings.recipes, models, args.device, args.dtype, args.batch, args.seq,
-                               args.steps, args.impls.split(",") if args.impls else None, args.compile,
-                               Path(args.json) if args.json else None)
-    if args.what == "eval":
-        return _bench_eval(args, settings, models)
-    return _fail(f"bench: unknown benchmark {args.what!r} (expected: data, model, eval, backfill)")
-
-
-def _bench_backfill(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    try:
-        Catalog.load_or_raise(settings.recipes)
-    except RecipeError as e:
-        return _fail(str(e).splitlines())
-    from minigpt_assets.defs.ui import run_backfill_bench
-
-    root = settings.home / "bench-backfill"
-    print(f"bench backfill: every asset and partition of {settings.recipes}, on fresh homes under {root}, "
-          f"profile max_concurrent_runs={settings.profile.max_concurrent_runs}, executor={settings.profile.executor}")
-    rows, edit = run_backfill_bench(settings, root, args.port, args.idle, args.timeout, args.edit_mixture)
-    base = rows[0]["seconds"]
-    print()
-    cols = ["path", "status", "wall s", "vs minigpt materialize", "runs", f"runs in {args.idle:.0f} s idle after"]
-    print(format_table(cols,
-                       [(r["path"], r["status"], round(r["seconds"], 1), f"{r['seconds'] / base:.2f}x", r["runs"],
-                         r["runs_after_idle"]) for r in rows]))
-    if edit:
-        print(f"\nafter editing the seed of {edit['mixture']}: {edit['runs']} runs launched by the daemon in "
-              f"{edit['seconds']:.0f} s, materializing {len(edit['materialized'])} asset partitions "
-              f"({edit['repeated']} twice):")
-        for asset, part in edit["materialized"]:
-            print(f"  {asset}[{part}]" if part else f"  {asset}")
-    return 0 if all(r["status"] in ("ok", "COMPLETED_SUCCESS") for r in rows) else 1
-
-
-def _bench_eval(args: argparse.Namespace, settings, models: list[str] | None) -> int:
-    import json
-
-    from minigpt_assets.evaluation import bench as B
-
-    tasks = args.tasks.split(",") if args.tasks else None
-    if bad := [t for t in tasks or [] if t not in B.TASKS]:
-        return _fail(f"bench eval: --tasks: unknown task(s) {', '.join(bad)} (known: {', '.join(B.TASKS)})")
-    impls = tuple(args.impls.split(",")) if args.impls else ("ours", "lm-eval")
-    if bad := [i for i in impls if i not in ("ours", "lm-eval")]:
-        return _fail(f"bench eval: --impls: unknown implementation(s) {', '.join(bad)} (known: ours, lm-eval)")
-    if "lm-eval" in impls:
-        try:
-            import lm_eval  # noqa: F401
-        except ImportError:
-            return _fail("bench eval: lm-evaluation-harness is not installed (pip install -e '.[lm-eval]'), "
-                         "or pass --impls ours")
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    where = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"bench eval: log-likelihood tasks, ours next to lm-evaluation-harness on the same model and rows, "
-          f"on {where}; torch {torch.__version__}", flush=True)
-    rows = B.run_eval_bench(settings.recipes, models, device, args.dtype, args.batch, args.examples, tasks,
-                            args.fewshot, impls)
-    if not rows:
-        return 1
-    r0 = rows[0]
-    print(f"\n{r0['dtype']}, batch {r0['batch']}, {r0['num_fewshot']}-shot; seconds exclude loading (load_s)")
-    print(format_table(list(B.COLUMNS), [tuple(r.get(c) for c in B.COLUMNS) for r in rows]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
-    return 0
-
-
-# ------------------------------------------------------------------------------------------------ training
 def cmd_train(args: argparse.Namespace) -> int:
     from minigpt_assets.store import ArtifactError
     from minigpt_assets.training.pipeline import PipelineError, train_stage
@@ -514,29 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("analyze-mixture", parents=[common], help="token shares of a materialized mixture")
     s.add_argument("name")
     s.set_defaults(func=cmd_analyze_mixture)
-    s = sub.add_parser("bench", parents=[common], help="benchmarks that print tables")
-    s.add_argument("what", choices=["data", "model", "eval", "backfill", "sweep"])
-    s.add_argument("name", nargs="?", help="sweep: a mixture sweep recipe")
-    s.add_argument("--points", type=int, default=8, help="sweep: points trained at each parallelism")
-    s.add_argument("--parallel", default="1,4", help="sweep: comma-separated parallelisms to time")
-    s.add_argument("--docs", type=int, default=6000, help="data: documents per benchmark input")
-    s.add_argument("--models", help="model, eval: comma-separated model recipes (default: small ones on CPU)")
-    s.add_argument("--impls", help="model: comma-separated of hf,ours,ours+docmask,ours+ckpt; eval: ours,lm-eval")
-    s.add_argument("--device", help="model, eval: cpu or cuda (default: cuda when available)")
-    s.add_argument("--dtype", help="model, eval: float32 or bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
-    s.add_argument("--batch", type=int, help="model: sequences per step; eval: requests per forward pass")
-    s.add_argument("--examples", type=int, default=200, help="eval: examples per task")
-    s.add_argument("--tasks", help="eval: comma-separated of hellaswag,arc_easy,mmlu,lambada_openai")
-    s.add_argument("--fewshot", type=int, default=0, help="eval: few-shot examples per prompt")
-    s.add_argument("--seq", type=int, help="model: tokens per sequence")
-    s.add_argument("--steps", type=int, default=5, help="model: timed steps")
-    s.add_argument("--compile", action="store_true", help="model: torch.compile every variant")
-    s.add_argument("--json", help="model, eval: also write the rows to this JSON file")
-    s.add_argument("--port", type=int, default=3310, help="backfill: port of the dagster dev it starts")
-    s.add_argument("--idle", type=float, default=120, help="backfill: seconds the daemon runs on after the backfill")
-    s.add_argument("--timeout", type=float, default=7200, help="backfill: seconds to wait for the backfill")
-    s.add_argument("--edit-mixture", help="backfill: then change this mixture's seed and list what the daemon re-runs")
-    s.set_defaults(func=cmd_bench)
+    from minigpt_assets.bench_cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub, common)
     s = sub.add_parser("train", parents=[common], help="train one stage of an experiment on a mixture")
     s.add_argument("--mixture", required=True)
     s.add_argument("--experiment", required=True)

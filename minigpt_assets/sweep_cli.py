@@ -67,13 +67,13 @@ def cmd_report_sweep(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_bench_sweep(args: argparse.Namespace, settings: Settings) -> int:
     """Proxy points per hour at each parallelism, on the same points: the first `--points` of the sweep are copied
-    into a fresh sweep per parallelism (`<name>-bench-p<k>`, a recipes copy under the home), so every side trains
-    the same mixtures from scratch, one after the other, on one device."""
+    into a fresh sweep per parallelism (`<name>-bench<time>-p<k>`, a recipes copy under the home), so every side
+    trains the same mixtures from scratch, one after the other, on one device."""
     import shutil
 
     import yaml
 
-    from minigpt_assets.cli import format_table
+    from minigpt_assets.tables import format_table
     from minigpt_assets.defs.runner import DATA_ASSETS, materialize_graph, materialize_points
 
     cat = Catalog.load_or_raise(settings.recipes)
@@ -81,29 +81,31 @@ def cmd_bench_sweep(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{args.name!r}: not a mixture sweep of {settings.recipes}", file=sys.stderr)
         return 2
     levels = [int(x) for x in args.parallel.split(",")]
+    points = max(args.points, len(cat.sweeps[args.name].sources) + 2)  # the fewest a mixture sweep may have
     root = settings.home / "bench" / f"sweep-{args.name}" / "recipes"
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(settings.recipes, root)
     data = yaml.safe_load((settings.recipes / "sweeps" / f"{args.name}.yaml").read_text())
     for f in (root / "sweeps").glob("*.y*ml"):
         f.unlink()
+    stamp = time.strftime("%m%d%H%M%S")  # fresh sweep names: every level trains from scratch, also on a re-run
     for k in levels:
-        sweep = {**data, "points": args.points, "search": {**data.get("search", {}), "min_points": 3}}
+        sweep = {**data, "points": points, "search": {**data.get("search", {}), "min_points": 3}}
         sweep.pop("transfer", None)
-        (root / "sweeps" / f"{args.name}-bench-p{k}.yaml").write_text(yaml.safe_dump(sweep))
+        (root / "sweeps" / f"{args.name}-bench{stamp}-p{k}.yaml").write_text(yaml.safe_dump(sweep))
     bench = Settings.from_env(str(settings.home), str(root), settings.workers)
     materialize_graph(bench, DATA_ASSETS, None, log=lambda s: None)
     rows = []
     for k in levels:
-        name = f"{args.name}-bench-p{k}"
+        name = f"{args.name}-bench{stamp}-p{k}"
         materialize_graph(bench, {"sweep_points"}, {name}, log=lambda s: None)
         t0 = time.time()
         out = materialize_points(bench, name, k, log=lambda s: None)
         dt = time.time() - t0
         ok = sum(o.ok for o in out if o.asset == "proxy_scores")
         first = float(rows[0][3]) if rows else dt
-        rows.append((k, args.points, ok, f"{dt:.1f}", f"{3600 * ok / dt:.0f}", f"{first / dt:.2f}x"))
-        print(f"parallel {k}: {ok}/{args.points} points in {dt:.1f}s", flush=True)
+        rows.append((k, points, ok, f"{dt:.1f}", f"{3600 * ok / dt:.0f}", f"{first / dt:.2f}x"))
+        print(f"parallel {k}: {ok}/{points} points in {dt:.1f}s", flush=True)
     print(format_table(["parallel", "points", "scored", "seconds", "points/hour", "speed-up"], rows))
     return 0
 

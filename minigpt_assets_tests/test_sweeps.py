@@ -146,6 +146,23 @@ def test_mixture_sweep_end_to_end(tmp_path):
     again = materialize_sweep(settings, "mixdemo", 1, log=lambda s: None)
     ran = [f"{o.asset}[{o.partition}]" for o in again if o.ok and not o.fresh and not o.waiting]
     assert ran == [], ran
+    # editing the objective re-scores every point and retrains none (what the daemon under `minigpt ui` would run)
+    import dagster as dg
+
+    from minigpt_assets.definitions import build_definitions
+    from minigpt_assets.defs.partitions import Partitions
+    from minigpt_assets.defs.recipe_versions import report_versions
+    from minigpt_assets.defs.runner import instance_for
+
+    defs, instance = build_definitions(settings), instance_for(settings)
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    write(root / "sweeps/mixdemo.yaml", SWEEP.replace("objective: {eval: bpb}",
+                                                      "objective: {eval: bpb, tasks: {alpha: 1.0}}"))
+    report_versions(instance, Catalog.load_or_raise(root), Partitions.from_catalog(Catalog.load_or_raise(root)))
+    r = dg.evaluate_automation_conditions(defs=build_definitions(settings), instance=instance, cursor=first.cursor)
+    assert len(r.get_requested_partitions(dg.AssetKey("proxy_scores"))) == 7
+    assert not r.get_requested_partitions(dg.AssetKey("proxy_model"))
+    assert not r.get_requested_partitions(dg.AssetKey("point_mixture"))
     # a point without a score is listed and left out; fewer than the minimum fails the search
     import shutil
 

@@ -93,7 +93,7 @@ def _bench_tokens(texts: list[str], shards: list[Path], mb: float, tmp: Path) ->
 
 
 def run_data_bench(settings: Settings, docs: int = 6000) -> int:
-    from minigpt_assets.cli import format_table
+    from minigpt_assets.tables import format_table
 
     workers = settings.workers
     items = list(gen_synthetic_web(num_documents=docs, seed=1))

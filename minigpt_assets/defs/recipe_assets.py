@@ -43,8 +43,8 @@ def recipe_sensor(parts: Partitions) -> dg.SensorDefinition:
             return dg.SkipReason(f"invalid recipes, last valid versions kept: {e}")
         known = json.loads(context.cursor) if context.cursor else None
         events, current = pending_observations(context.instance, cat, parts, known)
-        current = {"sources": set(cat.sources), "mixtures": set(cat.ordinary_mixtures()), "points": set(cat.points)}
-        unknown = sorted(f"{kind}/{n}" for kind, names in current.items() if getattr(parts, kind) is not None
+        on_disk = {"sources": set(cat.sources), "mixtures": set(cat.ordinary_mixtures()), "points": set(cat.points)}
+        unknown = sorted(f"{kind}/{n}" for kind, names in on_disk.items() if getattr(parts, kind) is not None
                          for n in names - set(getattr(parts, kind).get_partition_keys()))
         if unknown:
             context.log.warning(f"new recipes {', '.join(unknown)}: reload the code location to add their partitions")

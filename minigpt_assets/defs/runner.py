@@ -234,7 +234,11 @@ def materialize_points(settings: Settings, name: str, parallel: int = 1, log: Ca
             if progress:
                 progress(done, len(keys))
         return out
-    with ProcessPoolExecutor(max_workers=parallel) as pool:
+    import multiprocessing
+
+    # spawn, not fork: this process may hold Dagster, gRPC and W&B threads, and a forked child can deadlock on
+    # a lock one of them held (seen: workers idle for minutes)
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
         futs = {pool.submit(_point_worker, str(settings.home), str(settings.recipes), settings.workers, k, force): k
                 for k in keys}
         for f in as_completed(futs):

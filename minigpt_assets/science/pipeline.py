@@ -19,7 +19,7 @@ import numpy as np
 
 from minigpt_assets.data.mixture import TOKENS_ASSET, publish_mixture, token_key
 from minigpt_assets.recipes import Catalog
-from minigpt_assets.science.sweeps import MixtureSweep, Point, searched_name
+from minigpt_assets.science.sweeps import MixtureSweep, Point
 from minigpt_assets.store import Artifact, ArtifactStore, StatsDB
 
 POINTS_ASSET, SCORES_ASSET = "sweep_points", "proxy_scores"
