@@ -108,10 +108,13 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
     out += [sweep_points, point_mixture, shares_check(point_mixture), proxy_model, proxy_scores]
     recipe = recipe_assets["sweep_recipe"]
     kinds = {k: {n for n, s in cat.sweeps.items() if s.kind == k} for k in ("mixture", "scaling")}
+
+    def per_sweep(sweeps: set[str]) -> list[dg.AssetDep]:
+        """What a per-sweep asset reads: its points' scores and its recipe."""
+        return [dg.AssetDep(SCORES, partition_mapping=points_to_sweep(cat, sweeps)),
+                dg.AssetDep(recipe, partition_mapping=same_sweep(sweeps))]
     if parts.mixture_sweeps is not None:
-        @_asset(SEARCH, parts.mixture_sweeps, [
-            dg.AssetDep(SCORES, partition_mapping=points_to_sweep(cat, kinds["mixture"])),
-            dg.AssetDep(recipe, partition_mapping=same_sweep(kinds["mixture"]))],
+        @_asset(SEARCH, parts.mixture_sweeps, per_sweep(kinds["mixture"]),
             "Regress the objective on the mixture weights (LightGBM, linear, data mixing law; chosen by k-fold "
             "cross-validated Spearman), search >= 100k sampled mixtures and average the top k: the weights of "
             "mixture[<sweep>-searched] (DuckDB mixture_fits).", {"lightgbm", "duckdb"})
@@ -133,9 +136,7 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
         if with_transfer:
             @_asset(TRANSFER, dg.StaticPartitionsDefinition(sorted(with_transfer)), [
                 dg.AssetDep(MIXTURE_ASSET, partition_mapping=searched_to_sweep(cat, with_transfer)),
-                dg.AssetDep(SEARCH, partition_mapping=same_sweep(with_transfer)),
-                dg.AssetDep(SCORES, partition_mapping=points_to_sweep(cat, with_transfer)),
-                dg.AssetDep(recipe, partition_mapping=same_sweep(with_transfer))],
+                dg.AssetDep(SEARCH, partition_mapping=same_sweep(with_transfer)), *per_sweep(with_transfer)],
                 "Train the transfer set (searched, hand-written, top/bottom/random points) with the larger "
                 "experiment; Spearman and pairwise decision accuracy between scales, and a paired test of the "
                 "searched mixture against every hand-written one (DuckDB mixture_transfer).",
@@ -154,9 +155,7 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
 
             out.append(mixture_transfer)
     if parts.scaling_sweeps is not None:
-        @_asset(SCALING, parts.scaling_sweeps, [
-            dg.AssetDep(SCORES, partition_mapping=points_to_sweep(cat, kinds["scaling"])),
-            dg.AssetDep(recipe, partition_mapping=same_sweep(kinds["scaling"]))],
+        @_asset(SCALING, parts.scaling_sweeps, per_sweep(kinds["scaling"]),
             "Chinchilla approach 3: L(N, D) = E + A/N^alpha + B/D^beta by Huber loss and L-BFGS from a grid, "
             "bootstrap intervals, held-out error, compute-optimal N and D, the target's loss; per task as well "
             "(DuckDB scaling_fits, scaling_predictions).", {"scipy", "duckdb"})
