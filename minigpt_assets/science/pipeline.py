@@ -30,7 +30,7 @@ class SweepError(RuntimeError):
     """One line for the user: what is missing or failed, and where."""
 
 
-def _rel(cat: Catalog, sweep: str) -> str:
+def _rel(sweep: str) -> str:
     return f"recipes/sweeps/{sweep}.yaml"
 
 
@@ -57,7 +57,7 @@ def draw_points(home: Path, cat: Catalog, sweep_name: str) -> tuple[Artifact, li
         counts = natural_token_counts(store, cat, sweep)
         missing = [s for s, c in counts.items() if c <= 0]
         if missing:
-            raise SweepError(f"{_rel(cat, sweep_name)}: sources: {', '.join(missing)} have no tokens on this machine")
+            raise SweepError(f"{_rel(sweep_name)}: sources: {', '.join(missing)} have no tokens on this machine")
         if sam.prior == "natural":
             prior = natural_prior(counts, sam.temperature)
         elif sam.prior == "uniform":

@@ -20,7 +20,7 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from minigpt_assets.recipes import positive_weights
+from minigpt_assets.recipe_schemas import positive_weights
 
 SWEEP_SEPARATOR = "."  # recipe names never hold a dot (mixtures) so a point key never collides with a recipe
 SEARCHED_SUFFIX = "-searched"
