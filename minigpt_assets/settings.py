@@ -19,6 +19,16 @@ def quiet_openmp() -> dict[str, str]:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}
 
+
+def shared_cores(parallel: int) -> dict[str, str]:
+    """Thread counts for one of `parallel` processes sharing this machine's cores (OpenMP, MKL, torch's intra-op
+    pool): cores // parallel each, unless the user set OMP_NUM_THREADS. Without it every process of a
+    `minigpt sweep --parallel 8` starts one thread per core, 8x the cores in all."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return {}
+    n = str(max(1, (os.cpu_count() or 1) // max(1, parallel)))
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+
 DEFAULT_HOME = "./.minigpt"
 DEFAULT_RECIPES = "./recipes"
 
