@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -117,10 +118,15 @@ def test_mixture_sweep_end_to_end(tmp_path):
     root = sweep_recipes(tmp_path)
     settings = Settings.from_env(recipes=str(root))
     seen = []
-    out = materialize_sweep(settings, "mixdemo", 1, log=lambda s: None, progress=lambda d, t: seen.append((d, t)))
+    # two points at once, each in a spawned worker whose output goes to its own log
+    out = materialize_sweep(settings, "mixdemo", 2, log=lambda s: None, progress=lambda d, t: seen.append((d, t)))
     bad = [(o.asset, o.partition, o.error, o.checks_failed) for o in out if not o.ok]
     assert not bad, bad
     assert seen[0] == (0, 7) and seen[-1] == (7, 7)
+    from minigpt_assets.defs.runner import point_log
+
+    assert "proxy_model[mixdemo.003]" in point_log(settings.home, "mixdemo.003").read_text()
+    assert "MINIGPT_SWEEP_PARALLEL" not in os.environ and "OMP_NUM_THREADS" not in os.environ
     store = ArtifactStore(settings.home)
     cat = Catalog.load_or_raise(root)
     res = json.loads((store.require("mixture_search", "mixdemo").path / "search.json").read_text())

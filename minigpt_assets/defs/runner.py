@@ -187,10 +187,27 @@ DATA_ASSETS = {"source_documents", "quality_classifier", "filtered_documents", "
 POINT_ASSETS = ("point_mixture", "proxy_model", "proxy_scores")
 
 
+def point_log(home, key: str):
+    """Where a point worker of `minigpt sweep --parallel` writes its output (its training's steps and warnings)."""
+    from pathlib import Path
+
+    return Path(home) / "logs" / "sweeps" / f"{key}.log"
+
+
 def _point_worker(home: str, recipes: str, workers: int, key: str, force: bool) -> list[StepOutcome]:
-    """One point's three assets in a process of its own (`minigpt sweep --parallel`)."""
-    settings = Settings.from_env(home, recipes, workers)
-    return materialize_graph(settings, set(POINT_ASSETS), {key}, log=lambda s: None, force=force)
+    """One point's three assets in a process of its own (`minigpt sweep --parallel`). Its output, and that of the
+    training it starts, goes to `point_log` (appended), so the parent's progress bar stays readable."""
+    import sys
+
+    path = point_log(home, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        settings = Settings.from_env(home, recipes, workers)
+        return materialize_graph(settings, set(POINT_ASSETS), {key}, log=print, force=force)
 
 
 def materialize_sweep(settings: Settings, name: str, parallel: int = 1, log: Callable[[str], None] = print,
@@ -271,6 +288,8 @@ def materialize_points(settings: Settings, name: str, parallel: int = 1, log: Ca
             for o in res:
                 if not o.fresh:
                     log(_describe(o))
+            if any(not o.ok for o in res):
+                log(f"       its output: {point_log(settings.home, futs[f])}")
             out += res
             done += 1
             if progress:
