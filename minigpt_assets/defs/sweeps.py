@@ -166,6 +166,9 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
             md = {k: dg.MetadataValue.float(float(f[k])) for k in ("E", "A", "B", "alpha", "beta")}
             md["converged"] = dg.MetadataValue.bool(bool(f["converged"]))
             md["held_out_rel_errors"] = dg.MetadataValue.json(f["held_out_rel_errors"])
+            md["failed_points"] = dg.MetadataValue.json(res["failed_points"])
+            if res["failed_points"]:
+                context.log.warning(f"runs without a score (left out): {', '.join(res['failed_points'])}")
             if "target" in f:
                 md["target"] = dg.MetadataValue.json(f["target"])
             md["scaling"] = _image((art.path / "scaling.png").read_bytes(), "scaling")

@@ -109,6 +109,9 @@ def write_sweep_report(home: Path, cat: Catalog, name: str) -> Path:
             md.append(f"| {x['label']} | {x['params']:,} | {x['tokens']:,} | {'yes' if x['held_out'] else ''} | "
                       f"{x['objective']:.4f} | {_f(p)} | {err} |")
         md.append("")
+        if r["failed_points"]:
+            md += [f"- runs without a score (failed or not run), left out of the fit: {', '.join(r['failed_points'])}",
+                   ""]
         if "target" in f:
             tg = f["target"]
             md += [f"- target {r['target']['model']} on {tg['tokens']:.3g} tokens (N = {tg['params']:.3g}): predicted "
