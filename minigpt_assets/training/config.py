@@ -144,7 +144,9 @@ class StageConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     seed: int = 0
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    compile: bool = False
+    compile: bool | Literal["auto"] = "auto"  # torch.compile each block; auto: on CUDA only
+    fused_loss: bool | Literal["auto"] = "auto"  # chunked linear + cross-entropy, no fp32 logits; auto: on CUDA
+    precision: Literal["default", "fp8"] = "default"  # fp8: linear matmuls in float8 (torchao; Ada/Hopper GPUs)
     activation_checkpointing: bool | None = None  # None: as the model recipe says
     document_masking: bool = True
     checkpoint_every: int = Field(100, gt=0)

@@ -1,5 +1,6 @@
 """The training loop: AdamW, warmup + cosine/WSD, accumulation, clipping, bf16 autocast, non-finite-step
-skipping, exact resume from checkpoints, metrics to a callback and `metrics.jsonl`.
+skipping, exact resume from checkpoints, metrics to a callback and `metrics.jsonl`. What a step optimizes is
+the stage kind's objective (`training/objectives/`); the loop knows none of them.
 
 Pure PyTorch; the Dagster layer launches it (a subprocess, torchrun) and records what it reports.
 """
@@ -16,10 +17,8 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import xxhash
 
-from minigpt_assets.data.loader import PackedLoader, make_batch
+from minigpt_assets.data.loader import PackedLoader
 from minigpt_assets.models.config import ModelConfig
 from minigpt_assets.models.registry import build_model
 from minigpt_assets.training import checkpoint as ckpt
@@ -28,18 +27,6 @@ from minigpt_assets.training.config import OptimConfig, StageConfig
 
 STRATEGIES = ("none", "ddp", "fsdp", "zero2", "zero3")  # zero*: DeepSpeed ZeRO stage 2 or 3
 STAGE_METRICS = ("reward_accuracy", "reward_margin", "reward", "kl", "completion_tokens")
-
-
-def distill_kl(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean over trained positions (labels != -100) of KL(teacher_T || student_T) x T^2, on the shared
-    vocabulary (the first V ids of both, V the student's size)."""
-    v = student.shape[-1]
-    t = temperature
-    s_logp = torch.log_softmax(student.float() / t, dim=-1)
-    t_logp = torch.log_softmax(teacher[..., :v].float() / t, dim=-1)
-    kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)
-    keep = labels != -100
-    return (kl * keep).sum() / keep.sum().clamp(min=1) * t * t
 
 
 class TrainingError(RuntimeError):
@@ -110,6 +97,8 @@ class Trainer:
         if self.local_batch % self.micro:
             raise TrainingError(f"per-rank batch {self.local_batch} is not a multiple of micro_batch_size {self.micro}")
         self.dtype = self._dtype()
+        c = stage.compile
+        self.compiled = self.device.type == "cuda" if c == "auto" else bool(c)
         torch.manual_seed(stage.seed)
         self.model = build_model(model_cfg).to(self.device)
         self.init_weights = init_weights
@@ -119,15 +108,9 @@ class Trainer:
             self.model.load_state_dict(from_pretrained(init_weights).state_dict())
         elif stage.kind != "pretrain":
             raise TrainingError(f"a {stage.kind} stage starts from the previous stage's checkpoint (init_weights)")
-        self.reference = self.teacher = None
-        if stage.kind in ("dpo", "grpo"):  # the frozen starting point the policy is measured against
-            import copy
+        from minigpt_assets.training.objectives import build_objective
 
-            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)  # the weights just loaded
-        if stage.kind == "distill":
-            self.teacher = self._load_teacher(teacher)
-        if stage.kind == "grpo" and strategy == "fsdp":
-            raise TrainingError("grpo samples a different number of tokens on each rank; use strategy none or ddp")
+        self.objective = build_objective(self, teacher)  # a reference copy is of the weights just loaded
         self.adapters = stage.adapters
         if self.adapters is not None:
             from minigpt_assets.training.lora import apply_lora
@@ -136,6 +119,13 @@ class Trainer:
                 apply_lora(self.model, self.adapters)
             except ValueError as e:
                 raise TrainingError(str(e)) from None
+        if stage.precision == "fp8":  # before compiling and sharding, which wrap the swapped layers
+            from minigpt_assets.training.precision import fp8_problem, to_float8
+
+            problem = fp8_problem(self.device)
+            if problem:
+                raise TrainingError(problem)
+            to_float8(self.model)
         self.stats: dict[str, float] = {}
         self.val_stats: dict[str, float] = {}
         self.train_model = self._parallelize()
@@ -147,8 +137,6 @@ class Trainer:
             self.optimizer, lambda s: lr_multiplier(s, stage.max_steps, o))
         self.engine = None
         if strategy.startswith("zero"):
-            if stage.kind == "grpo":
-                raise TrainingError("grpo samples a different number of tokens on each rank; use strategy none or ddp")
             from minigpt_assets.training import zero
 
             self.engine = zero.initialize(self.model, self.optimizer, int(strategy[-1]), self.micro,
@@ -163,17 +151,6 @@ class Trainer:
         self.bad_in_a_row = 0
         self.ckpt_root = self.run_dir / "checkpoints"
 
-    def _load_teacher(self, path: Path | None) -> torch.nn.Module:
-        from minigpt_assets.models.interop import from_pretrained
-
-        if path is None:
-            raise TrainingError("a distill stage needs its teacher's folder")
-        teacher = from_pretrained(path).to(self.device).eval().requires_grad_(False)
-        if teacher.config.vocab_size < self.model_cfg.vocab_size:
-            raise TrainingError(f"{path}: the teacher's vocabulary ({teacher.config.vocab_size}) is smaller than "
-                                f"the student's ({self.model_cfg.vocab_size}); they must share a tokenizer")
-        return teacher
-
     def _parallelize(self) -> torch.nn.Module:
         """DDP replicates the module; FSDP2 (`fully_shard`) shards every block and then the root, so the
         optimizer built afterwards holds only this rank's shard of each parameter."""
@@ -184,8 +161,9 @@ class Trainer:
             for layer in model.model.layers:
                 fully_shard(layer)
             fully_shard(model)
-        if self.stage.compile:
-            model = torch.compile(model)
+        if self.compiled:  # each block on its own: short compile times, and FSDP/checkpointing see the same modules
+            for layer in model.model.layers:
+                layer.compile()
         if self.strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
@@ -335,135 +313,11 @@ class Trainer:
             self.on_metrics(row)
 
     # -- steps
-    def _to(self, a: np.ndarray) -> torch.Tensor:
+    def to_device(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
 
-    def _seq_logps(self, model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Sum of log-probabilities of the labelled tokens of each row."""
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            logits = model(ids)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        keep = labels != -100
-        tok = logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
-        return (tok * keep).sum(-1)
-
-    def _dpo_loss(self, batch: dict, lo: int, hi: int) -> torch.Tensor:
-        ids = self._to(np.concatenate([batch["chosen_ids"][lo:hi], batch["rejected_ids"][lo:hi]]))
-        labels = self._to(np.concatenate([batch["chosen_labels"][lo:hi], batch["rejected_labels"][lo:hi]]))
-        pol_c, pol_r = self._seq_logps(self.train_model, ids, labels).chunk(2)
-        with torch.no_grad():
-            ref_c, ref_r = self._seq_logps(self.reference, ids, labels).chunk(2)
-        margin = (pol_c - ref_c) - (pol_r - ref_r)
-        d = self.stage.dpo
-        if d.loss == "sigmoid":
-            loss = -F.logsigmoid(d.beta * margin).mean()
-        else:
-            loss = ((margin - 1 / (2 * d.beta)) ** 2).mean()
-        self.stats = {"reward_accuracy": float((margin.detach() > 0).float().mean()),
-                      "reward_margin": float(d.beta * margin.detach().mean())}
-        return loss
-
-    def _loss(self, batch: dict, lo: int, hi: int) -> torch.Tensor:
-        if self.stage.kind == "dpo":
-            return self._dpo_loss(batch, lo, hi)
-        if self.stage.kind == "grpo":
-            return self._grpo_loss(batch, lo, hi)
-        ids = self._to(batch["input_ids"][lo:hi])
-        labels = self._to(batch["labels"][lo:hi])
-        kw = {}
-        if self.stage.document_masking:
-            kw = {"doc_ids": self._to(batch["doc_ids"][lo:hi]), "position_ids": self._to(batch["position_ids"][lo:hi])}
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            logits = self.train_model(ids, **kw)
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = self.teacher(ids, **kw)
-        # mean over the tokens that are trained (all of them in pretraining, the answers in SFT)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
-        loss = loss / (labels != -100).sum().clamp(min=1)
-        if self.teacher is not None:
-            d = self.stage.distill
-            kl = distill_kl(logits, teacher_logits, labels, d.temperature)
-            self.stats = {"kl": float(kl.detach())}
-            loss = d.alpha * kl + (1 - d.alpha) * loss
-        aux = self.model.aux_loss()
-        return loss + aux if aux is not None else loss
-
-    # -- grpo
-    def _token_logps(self, model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Log-probability of each label under `model` [B, T] (0 where the label is ignored), at the sampling
-        temperature, so the policy scored is the one that sampled."""
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            logits = model(ids)
-        logp = torch.log_softmax(logits.float() / self.stage.grpo.temperature, dim=-1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
-        return logp * (labels != -100)
-
-    @torch.no_grad()
-    def _rollouts(self, data, idx, greedy: bool = False) -> dict:
-        """Sample `group_size` completions of each prompt in `idx` (one greedy one with `greedy`), reward them,
-        and return padded sequences, completion labels and group-normalized advantages. Prompts of the same
-        length are sampled in one batch (no padding inside the prompt, so the KV-cache decode is exact); the
-        seed is a function of (stage seed, step, prompts), so a resumed run samples the same completions."""
-        from minigpt_assets.models.transformer import generate
-        from minigpt_assets.training.rewards import REWARDS
-
-        g = self.stage.grpo
-        n = 1 if greedy else g.group_size
-        reward_fn = REWARDS[g.reward]
-        idx = [int(i) for i in idx]
-        buckets: dict[int, list[int]] = {}
-        for j, i in enumerate(idx):
-            buckets.setdefault(len(data.prompts[i]), []).append(j)
-        slots: list[tuple | None] = [None] * (len(idx) * n)  # (sequence, prompt length, reward, completion length)
-        self.model.eval()
-        for plen, members in sorted(buckets.items()):
-            prompts = torch.from_numpy(np.stack([data.prompts[idx[j]] for j in members])).to(self.device)
-            prompts = prompts.repeat_interleave(n, dim=0)
-            seed = xxhash.xxh64_intdigest(f"grpo:{self.stage.seed}:{self.step}:{[idx[j] for j in members]}".encode())
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                out = generate(self.model, prompts, g.max_new_tokens, temperature=0.0 if greedy else g.temperature,
-                               top_k=g.top_k, eos_token_id=data.eos_id, seed=seed % 2**63)
-            comp = out[:, plen:]
-            is_eos = comp == data.eos_id
-            keep = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # up to and including the first end token
-            for row, (toks, k) in enumerate(zip(comp, keep)):
-                j = members[row // n]
-                toks = toks[k]
-                reward = reward_fn(data.decode(toks.tolist()), data.answers[idx[j]])
-                slots[j * n + row % n] = (torch.cat([prompts[row], toks]), plen, reward, int(k.sum()))
-        seqs, starts, rewards, lengths = zip(*slots)
-        width = max(len(x) for x in seqs)
-        ids = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
-        labels = torch.full_like(ids, -100)
-        for r, (x, s0) in enumerate(zip(seqs, starts)):
-            ids[r, :len(x)] = x
-            labels[r, s0 - 1:len(x) - 1] = x[s0:]  # predict the completion tokens only
-        r = torch.tensor(rewards, device=self.device).view(-1, n)
-        adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4) if n > 1 else torch.zeros_like(r)
-        return {"input_ids": ids[:, :-1], "labels": labels[:, :-1], "advantages": adv.flatten(),
-                "reward": float(r.mean()), "completion_tokens": float(np.mean(lengths)),
-                "tokens": int((labels != -100).sum() + sum(starts))}
-
-    def _grpo_loss(self, batch: dict, lo: int, hi: int) -> torch.Tensor:
-        n = self.stage.grpo.group_size
-        ids, labels = batch["input_ids"][lo * n:hi * n], batch["labels"][lo * n:hi * n]
-        adv = batch["advantages"][lo * n:hi * n]
-        mask = (labels != -100).float()
-        logp = self._token_logps(self.train_model, ids, labels)
-        with torch.no_grad():
-            ref = self._token_logps(self.reference, ids, labels)
-        d = ref - logp
-        kl = torch.exp(d) - d - 1  # k3: unbiased, always >= 0
-        ratio = torch.exp(logp - logp.detach())  # 1, with the policy gradient
-        per_token = -(ratio * adv[:, None] - self.stage.grpo.beta * kl)
-        loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
-        self.stats = {"reward": batch["reward"], "kl": float((kl.detach() * mask).sum() / mask.sum().clamp(min=1)),
-                      "completion_tokens": batch["completion_tokens"]}
-        return loss
-
     def train_step(self, batch: dict) -> dict:
-        if self.stage.kind == "grpo":  # sample and score first; then the update is an ordinary accumulation
-            batch = self._rollouts(self.loader.data, batch["windows"])
+        batch = self.objective.prepare(batch)  # GRPO samples and scores its rollouts here
         self.model.train()
         n_micro = self.local_batch // self.micro
         total = torch.zeros((), device=self.device)
@@ -471,7 +325,8 @@ class Trainer:
             return self._deepspeed_step(batch, n_micro, total)
         for m in range(n_micro):
             with self._grad_sync(m == n_micro - 1):
-                loss = self._loss(batch, m * self.micro, (m + 1) * self.micro) / n_micro
+                loss, self.stats = self.objective.loss(batch, m * self.micro, (m + 1) * self.micro)
+                loss = loss / n_micro
                 loss.backward()
             total += loss.detach()
         if self.world_size > 1 and torch.distributed.is_initialized():
@@ -513,7 +368,7 @@ class Trainer:
         """The engine accumulates (scaling each loss by 1/n_micro), clips, and steps on the last micro-batch;
         it skips the update itself when the gradients are not finite."""
         for m in range(n_micro):
-            loss = self._loss(batch, m * self.micro, (m + 1) * self.micro)
+            loss, self.stats = self.objective.loss(batch, m * self.micro, (m + 1) * self.micro)
             self.engine.backward(loss)
             self.engine.step()
             total += loss.detach() / n_micro
@@ -540,19 +395,8 @@ class Trainer:
             return None
         self.model.eval()
         n = min(len(self.val), self.stage.eval_batches * self.micro)
-        if self.stage.kind == "grpo":  # the score that matters: greedy answers to held-out tasks
-            out = self._rollouts(self.val, range(n), greedy=True)
-            self.val_stats = {"val_reward": out["reward"]}
-            return None
-        losses = []
-        accs = []
-        for lo in range(0, n, self.micro):
-            idx = list(range(lo, min(n, lo + self.micro)))
-            losses.append(float(self._loss(make_batch(self.val, idx), 0, len(idx))))
-            if "reward_accuracy" in self.stats:
-                accs.append(self.stats["reward_accuracy"])
-        self.val_stats = {"val_reward_accuracy": float(np.mean(accs))} if accs else {}
-        return float(np.mean(losses))
+        val_loss, self.val_stats = self.objective.evaluate(self.val, n)
+        return val_loss
 
     def fit(self, max_steps: int | None = None, resume: bool = True) -> TrainResult:
         """Run until `stage.max_steps` (or `max_steps`, to stop early), checkpointing every

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from minigpt_assets.data.loader import ArrayTokens
 from minigpt_assets.models import build_model, from_pretrained, make_config
 from minigpt_assets.models.interop import save_model
-from minigpt_assets.training.trainer import Trainer, distill_kl
+from minigpt_assets.training.objectives import distill_kl
+from minigpt_assets.training.trainer import Trainer
 from minigpt_assets_tests.training.test_trainer import EOS, MODEL, _result, _run, _spec, counting_corpus, stage
 
 CHAT = {"kind": "builtin", "name": "python_qa"}  # required by the stage kinds; these tests hand data in directly
@@ -173,7 +174,7 @@ def test_grpo_loss_is_the_group_relative_policy_gradient(tmp_path):
     base = _saved_model(tmp_path / "base")
     tr = Trainer(make_config(MODEL), _grpo_stage(max_steps=1), _ParityTasks(16), tmp_path / "run", device="cpu",
                  init_weights=base)
-    batch = tr._rollouts(tr.loader.data, [0, 1])
+    batch = tr.objective.rollouts(tr.loader.data, [0, 1])
     adv = batch["advantages"].view(2, 8)
     assert torch.allclose(adv.mean(1), torch.zeros(2), atol=1e-5)
     labels = batch["labels"]
@@ -181,7 +182,7 @@ def test_grpo_loss_is_the_group_relative_policy_gradient(tmp_path):
         keep = (row != -100).nonzero().flatten()
         assert 1 <= len(keep) <= 2 and keep[0] > 1
     tr.model.train()
-    loss = tr._grpo_loss(batch, 0, 2)
+    loss, _ = tr.objective.loss(batch, 0, 2)
     (g_ours,) = torch.autograd.grad(loss, [tr.model.model.embed_tokens.weight])
     logits = tr.model(batch["input_ids"])
     tok = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)

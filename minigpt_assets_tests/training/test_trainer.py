@@ -73,15 +73,15 @@ def test_loss_falls_and_checkpoint_loads(tmp_path):
 def test_nonfinite_step_is_skipped_then_too_many_stop_the_run(tmp_path, monkeypatch):
     data = ArrayTokens(counting_corpus(), 32, EOS)
     tr = Trainer(make_config(MODEL), stage(max_steps=12, max_bad_steps=3), data, tmp_path, device="cpu")
-    real = tr._loss
+    real = tr.objective.loss
     calls = {"n": 0}
 
     def flaky(batch, lo, hi):
         calls["n"] += 1
-        loss = real(batch, lo, hi)
-        return loss * float("nan") if calls["n"] in (11, 12) else loss  # both micro-batches of step 6
+        loss, stats = real(batch, lo, hi)
+        return (loss * float("nan") if calls["n"] in (11, 12) else loss), stats  # both micro-batches of step 6
 
-    monkeypatch.setattr(tr, "_loss", flaky)
+    monkeypatch.setattr(tr.objective, "loss", flaky)
     before = {}
 
     def snapshot(where, step):
@@ -96,7 +96,13 @@ def test_nonfinite_step_is_skipped_then_too_many_stop_the_run(tmp_path, monkeypa
     assert [r["skipped"] for r in res.metrics].count(True) == 1
 
     tr2 = Trainer(make_config(MODEL), stage(max_steps=20, max_bad_steps=3), data, tmp_path / "b", device="cpu")
-    monkeypatch.setattr(tr2, "_loss", lambda b, lo, hi: real(b, lo, hi) * (float("inf") if tr2.step >= 9 else 1))
+    real2 = tr2.objective.loss
+
+    def blown(b, lo, hi):
+        loss, stats = real2(b, lo, hi)
+        return loss * (float("inf") if tr2.step >= 9 else 1), stats
+
+    monkeypatch.setattr(tr2.objective, "loss", blown)
     with pytest.raises(TrainingError, match=r"3 non-finite losses in a row at step 12.*step-00000008"):
         tr2.fit()
     assert ckpt.latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step-00000008"

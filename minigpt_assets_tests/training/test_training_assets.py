@@ -180,36 +180,32 @@ def test_sft_labels_cover_exactly_the_answers(tiny_training_recipes, tmp_path):
 
 
 def test_dpo_loss_matches_the_formula():
-    """The trainer's DPO loss on hand-made log-probabilities: -log sigmoid(beta * margin), and IPO's square."""
+    """The DPO objective on hand-made log-probabilities: -log sigmoid(beta * margin), and IPO's square."""
+    import types
+
     import numpy as np
     import torch.nn.functional as F
 
-    from minigpt_assets.models import make_config
     from minigpt_assets.training.config import StageConfig
-    from minigpt_assets.training.trainer import Trainer
+    from minigpt_assets.training.objectives import DPO
 
-    class Pairs:
-        def __len__(self):
-            return 4
-
-    cfg = make_config({"family": "llama", "vocab_size": 16, "hidden_size": 16, "num_layers": 1, "num_heads": 2})
     for loss_kind in ("sigmoid", "ipo"):
         stage = StageConfig(kind="dpo", batch_size=2, chat={"kind": "builtin"}, dpo={"beta": 0.5, "loss": loss_kind})
-        tr = Trainer.__new__(Trainer)  # only the loss: no model, data or optimizer needed
-        tr.stage, tr.device, tr.dtype = stage, torch.device("cpu"), torch.float32
+        obj = DPO.__new__(DPO)  # only the loss: no model, data or optimizer needed
+        obj.stage = stage
+        obj.trainer = types.SimpleNamespace(train_model=None, to_device=torch.from_numpy)
+        obj.reference = None
         logps = {"pol": torch.tensor([-3.0, -5.0, -4.0, -4.5]), "ref": torch.tensor([-3.5, -4.0, -4.2, -4.0])}
         calls = iter(["pol", "ref"])
-        tr._seq_logps = lambda model, ids, labels: logps[next(calls)]
-        tr.train_model = tr.reference = None
+        obj.sequence_logps = lambda model, ids, labels: logps[next(calls)]
         batch = {k: np.zeros((2, 3), dtype=np.int64) for k in ("chosen_ids", "chosen_labels", "rejected_ids",
                                                                 "rejected_labels")}
-        got = tr._dpo_loss(batch, 0, 2)
+        got, stats = obj.loss(batch, 0, 2)
         margin = (torch.tensor([-3.0, -5.0]) - torch.tensor([-3.5, -4.0])) - (torch.tensor([-4.0, -4.5])
                                                                               - torch.tensor([-4.2, -4.0]))
         want = -F.logsigmoid(0.5 * margin).mean() if loss_kind == "sigmoid" else ((margin - 1.0) ** 2).mean()
         assert torch.allclose(got, want)
-        assert tr.stats["reward_accuracy"] == 0.5
-    del cfg
+        assert stats["reward_accuracy"] == 0.5
 
 
 def test_full_chain_pretrain_sft_dpo(tiny_training_recipes, tmp_path):

@@ -1,0 +1,102 @@
+"""Group-relative policy optimization (GRPO; Shao et al. 2024, DeepSeekMath): sample a group of answers per
+prompt, reward each with a rule, normalize the rewards within the group as advantages, and follow the policy
+gradient with a per-token KL penalty (k3) to the frozen starting model."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import xxhash
+
+from minigpt_assets.training.objectives.base import Objective, sequence_logps
+
+
+class GRPO(Objective):
+    counts_batch_tokens = True
+
+    def __init__(self, trainer):
+        from minigpt_assets.training.trainer import TrainingError
+
+        if trainer.strategy in ("fsdp", "zero2", "zero3"):
+            raise TrainingError("grpo samples a different number of tokens on each rank; use strategy none or ddp")
+        super().__init__(trainer)
+        self.reference = self.frozen_copy()
+
+    def prepare(self, batch: dict) -> dict:
+        """Sample and score first; the update is then an ordinary accumulation over the rollouts."""
+        return self.rollouts(self.trainer.loader.data, batch["windows"])
+
+    def token_logps(self, model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Log-probability of each label under `model` [B, T] (0 where the label is ignored), at the sampling
+        temperature, so the policy scored is the one that sampled."""
+        with self.autocast():
+            logits = model(ids)
+        return sequence_logps(logits, labels, self.stage.grpo.temperature)
+
+    @torch.no_grad()
+    def rollouts(self, data, idx, greedy: bool = False) -> dict:
+        """Sample `group_size` completions of each prompt in `idx` (one greedy one with `greedy`), reward them,
+        and return padded sequences, completion labels and group-normalized advantages. Prompts of the same
+        length are sampled in one batch (no padding inside the prompt, so the KV-cache decode is exact); the
+        seed is a function of (stage seed, step, prompts), so a resumed run samples the same completions."""
+        from minigpt_assets.models.transformer import generate
+        from minigpt_assets.training.rewards import REWARDS
+
+        t = self.trainer
+        g = self.stage.grpo
+        n = 1 if greedy else g.group_size
+        reward_fn = REWARDS[g.reward]
+        idx = [int(i) for i in idx]
+        buckets: dict[int, list[int]] = {}
+        for j, i in enumerate(idx):
+            buckets.setdefault(len(data.prompts[i]), []).append(j)
+        slots: list[tuple | None] = [None] * (len(idx) * n)  # (sequence, prompt length, reward, completion length)
+        t.model.eval()
+        for plen, members in sorted(buckets.items()):
+            prompts = torch.from_numpy(np.stack([data.prompts[idx[j]] for j in members])).to(t.device)
+            prompts = prompts.repeat_interleave(n, dim=0)
+            seed = xxhash.xxh64_intdigest(f"grpo:{self.stage.seed}:{t.step}:{[idx[j] for j in members]}".encode())
+            with self.autocast():
+                out = generate(t.model, prompts, g.max_new_tokens, temperature=0.0 if greedy else g.temperature,
+                               top_k=g.top_k, eos_token_id=data.eos_id, seed=seed % 2**63)
+            comp = out[:, plen:]
+            is_eos = comp == data.eos_id
+            keep = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # up to and including the first end token
+            for row, (toks, k) in enumerate(zip(comp, keep)):
+                j = members[row // n]
+                toks = toks[k]
+                reward = reward_fn(data.decode(toks.tolist()), data.answers[idx[j]])
+                slots[j * n + row % n] = (torch.cat([prompts[row], toks]), plen, reward, int(k.sum()))
+        seqs, starts, rewards, lengths = zip(*slots)
+        width = max(len(x) for x in seqs)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long, device=t.device)
+        labels = torch.full_like(ids, -100)
+        for r, (x, s0) in enumerate(zip(seqs, starts)):
+            ids[r, :len(x)] = x
+            labels[r, s0 - 1:len(x) - 1] = x[s0:]  # predict the completion tokens only
+        r = torch.tensor(rewards, device=t.device).view(-1, n)
+        adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4) if n > 1 else torch.zeros_like(r)
+        return {"input_ids": ids[:, :-1], "labels": labels[:, :-1], "advantages": adv.flatten(),
+                "reward": float(r.mean()), "completion_tokens": float(np.mean(lengths)),
+                "tokens": int((labels != -100).sum() + sum(starts))}
+
+    def loss(self, batch: dict, lo: int, hi: int) -> tuple[torch.Tensor, dict[str, float]]:
+        n = self.stage.grpo.group_size
+        ids, labels = batch["input_ids"][lo * n:hi * n], batch["labels"][lo * n:hi * n]
+        adv = batch["advantages"][lo * n:hi * n]
+        mask = (labels != -100).float()
+        logp = self.token_logps(self.trainer.train_model, ids, labels)
+        with torch.no_grad():
+            ref = self.token_logps(self.reference, ids, labels)
+        d = ref - logp
+        kl = torch.exp(d) - d - 1  # k3: unbiased, always >= 0
+        ratio = torch.exp(logp - logp.detach())  # 1, with the policy gradient
+        per_token = -(ratio * adv[:, None] - self.stage.grpo.beta * kl)
+        loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+        return loss, {"reward": batch["reward"], "kl": float((kl.detach() * mask).sum() / mask.sum().clamp(min=1)),
+                      "completion_tokens": batch["completion_tokens"]}
+
+    def evaluate(self, val, n: int) -> tuple[float | None, dict[str, float]]:
+        """The score that matters: greedy answers to held-out tasks."""
+        out = self.rollouts(val, range(n), greedy=True)
+        return None, {"val_reward": out["reward"]}
