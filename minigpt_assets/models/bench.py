@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import platform
 import resource
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from minigpt_assets.isolated import spawn, worker
 
 CPU_MODELS = ["proxy-10m", "proxy-25m", "moe-proxy-80m"]
 GPU_MODELS = ["minimind-3", "proxy-350m", "qwen2-0.5b", "llama-3.2-1b", "minimind-3-moe", "moe-proxy-80m"]
@@ -118,24 +119,8 @@ def run_job(job: Job) -> dict:
             "tokens_per_s": job.batch * job.seq / dt, "peak_mem_MB": mem, "loss": float(loss)}
 
 
-def _worker(argv: list[str]) -> int:
-    job = Job(**json.loads(argv[0]))
-    try:
-        print("RESULT " + json.dumps(run_job(job)), flush=True)
-    except Exception as e:  # noqa: BLE001 - a failed variant is a row in the table, not a crash of the bench
-        print("RESULT " + json.dumps({"model": job.recipe, "impl": job.impl, "error": f"{type(e).__name__}: {e}"}),
-              flush=True)
-    return 0
-
-
 def _spawn(job: Job) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "minigpt_assets.models.bench", json.dumps(job.__dict__)],
-                          capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-    return {"model": job.recipe, "impl": job.impl, "error": f"worker exited {proc.returncode}: {tail[0]}"}
+    return spawn("minigpt_assets.models.bench", job.__dict__, {"model": job.recipe, "impl": job.impl})
 
 
 def format_table(rows: list[dict]) -> str:
@@ -185,4 +170,5 @@ def run_model_bench(recipes_dir: Path, models: list[str] | None, device: str | N
 
 
 if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1:]))
+    sys.exit(worker(lambda job: run_job(Job(**job)), sys.argv[1:],
+                    lambda job: {"model": job["recipe"], "impl": job["impl"]}))

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from minigpt_assets.models.config import ModelConfig
+from minigpt_assets.models.cross_entropy import linear_cross_entropy
 from minigpt_assets.models.layers import Block, Experts, KVCache, MoE, RMSNorm, Rotary, SwiGLU, _grouped_mm_works
 
 
@@ -71,8 +72,18 @@ class Transformer(nn.Module):
 
     # -- forward
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
-                doc_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        return self.lm_head(self.hidden_states(input_ids, position_ids, doc_ids, cache))
+                doc_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits; with `labels` [B, T] (-100: not trained), the summed fp32 cross-entropy instead, computed a
+        chunk of tokens at a time so the logits never exist whole (`cross_entropy.linear_cross_entropy`)."""
+        h = self.hidden_states(input_ids, position_ids, doc_ids, cache)
+        if labels is None:
+            return self.lm_head(h)
+        if isinstance(self.lm_head, nn.Linear):
+            return linear_cross_entropy(h, self.lm_head.weight, labels)
+        # an adapted head (LoRA on lm_head): the plain loss
+        return F.cross_entropy(self.lm_head(h).float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                               reduction="sum")
 
     def hidden_states(self, input_ids, position_ids=None, doc_ids=None, cache=None) -> torch.Tensor:
         m = self.model

@@ -1,0 +1,77 @@
+"""Cross-entropy of the output projection without the [tokens x vocabulary] logits in fp32.
+
+`linear_cross_entropy(hidden, weight, labels)` equals
+`F.cross_entropy((hidden @ weight.T).float(), labels, ignore_index=-100, reduction="sum")`, but walks the tokens in
+chunks: each chunk's logits are made in the compute dtype, turned to fp32 for the log-sum-exp, and their gradient
+(softmax minus one-hot) is used at once for the gradients of `hidden` and `weight`, so no chunk outlives its
+turn. The backward pass then only scales the saved gradients: the same three matmuls as the plain loss, and
+peak memory of one chunk's logits instead of all of them (2 GiB of fp32 logits per 4k tokens at a 128k
+vocabulary). The approach is Liger-Kernel's fused linear cross-entropy, written in plain PyTorch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE = -100
+CHUNK_BYTES = 256 * 2**20  # fp32 logits per chunk
+
+
+def chunk_tokens(vocab: int, budget: int = CHUNK_BYTES) -> int:
+    """Tokens per chunk so that one chunk's fp32 logits take about `budget` bytes (at least 64)."""
+    return max(64, budget // (4 * vocab))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int,
+                dtype: torch.dtype) -> torch.Tensor:
+        n = hidden.shape[0]
+        w = weight.to(dtype)
+        grad_h = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if hidden.requires_grad \
+            else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if weight.requires_grad \
+            else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for lo in range(0, n, chunk):
+            h = hidden[lo:lo + chunk].to(dtype)
+            y = labels[lo:lo + chunk]
+            keep = y != IGNORE
+            target = y.clamp(min=0)
+            logits = (h @ w.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += ((lse - logits.gather(1, target[:, None]).squeeze(1)) * keep).sum()
+            if grad_h is None and grad_w is None:
+                continue
+            # d(sum of losses)/d(logits) = softmax - one-hot, on the kept rows
+            g = logits.sub_(lse[:, None]).exp_()
+            g[torch.arange(len(y), device=g.device), target] -= 1.0
+            g.mul_(keep[:, None])
+            g = g.to(dtype)
+            if grad_h is not None:
+                grad_h[lo:lo + chunk] = (g @ w).to(hidden.dtype)
+            if grad_w is not None:
+                grad_w += (g.t() @ h).float()
+        ctx.save_for_backward(grad_h if grad_h is not None else torch.empty(0),
+                              grad_w.to(weight.dtype) if grad_w is not None else torch.empty(0))
+        ctx.needs = (grad_h is not None, grad_w is not None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return (grad_h * grad_out if ctx.needs[0] else None, grad_w * grad_out if ctx.needs[1] else None,
+                None, None, None)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                         chunk: int | None = None) -> torch.Tensor:
+    """Sum over positions whose label is not -100 of -log softmax(hidden @ weight.T)[label], in fp32.
+
+    `hidden` [N, d] or [B, T, d], `weight` [V, d], `labels` [N] or [B, T]. Matmuls run in the autocast dtype when
+    autocast is on (bf16 on a GPU), else in `hidden`'s dtype; the log-sum-exp is always fp32."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    with torch.autocast(device, enabled=False):
+        return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1),
+                                         chunk or chunk_tokens(weight.shape[0]), dtype)
