@@ -25,6 +25,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = _settings(args)
     cat = Catalog.load_or_raise(settings.recipes, check_files=False)
     models = args.models.split(",") if args.models else None
+    if args.what == "train":
+        return _bench_train(args, cat, models)
     unknown = [m for m in models or [] if m not in cat.models]
     if unknown:
         return _fail(f"bench {args.what}: --models: unknown model recipe(s) {', '.join(unknown)} "
@@ -37,7 +39,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                Path(args.json) if args.json else None)
     if args.what == "eval":
         return _bench_eval(args, settings, models)
-    return _fail(f"bench: unknown benchmark {args.what!r} (expected: data, model, eval, backfill)")
+    return _fail(f"bench: unknown benchmark {args.what!r} (expected: data, model, train, eval, backfill, sweep)")
+
+
+def _bench_train(args: argparse.Namespace, cat: Catalog, models: list[str] | None) -> int:
+    from minigpt_assets.training import bench as T
+
+    unknown = [m for m in models or [] if m not in T.SHAPES and m not in cat.models]
+    if unknown:
+        return _fail(f"bench train: --models: unknown {', '.join(unknown)} (shapes: {', '.join(T.SHAPES)}; "
+                     f"or a model recipe)")
+    impls = args.impls.split(",") if args.impls else None
+    bad = [i for i in impls or [] if i not in T.IMPLS]
+    if bad:
+        return _fail(f"bench train: --impls: unknown {', '.join(bad)} (known: {', '.join(T.IMPLS)})")
+    recipes = {m: cat.models[m].model_dump(mode="json", exclude={"description"}) for m in models or []
+               if m in cat.models}
+    mixture = None
+    if args.mixture:
+        from minigpt_assets.store import ArtifactStore
+
+        art = ArtifactStore(_settings(args).home).current("mixture", args.mixture)
+        if art is None:
+            return _fail(f"bench train: --mixture: {args.mixture} is not materialized "
+                         f"(minigpt materialize --select mixture --partition {args.mixture})")
+        mixture = (args.mixture, art.path, cat.mixtures[args.mixture].seq_len)
+    if args.to_loss is not None and mixture is None:
+        return _fail("bench train: --to-loss needs --mixture (its val split is what the loss is measured on)")
+    rows = T.run_train_bench(models, recipes, args.device, args.steps, args.warmup, args.batch, args.seq, impls,
+                             args.precision, Path(args.json) if args.json else None, mixture, args.to_loss,
+                             args.eval_every)
+    return 0 if rows and all("error" not in r for r in rows) else 1
 
 
 def _bench_backfill(args: argparse.Namespace) -> int:
@@ -107,13 +139,23 @@ def _bench_eval(args: argparse.Namespace, settings, models: list[str] | None) ->
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("bench", parents=[common], help="benchmarks that print tables")
-    s.add_argument("what", choices=["data", "model", "eval", "backfill", "sweep"])
+    s.add_argument("what", choices=["data", "model", "train", "eval", "backfill", "sweep"])
     s.add_argument("name", nargs="?", help="sweep: a mixture sweep recipe")
     s.add_argument("--points", type=int, default=8, help="sweep: points trained at each parallelism")
     s.add_argument("--parallel", default="1,4", help="sweep: comma-separated parallelisms to time")
     s.add_argument("--docs", type=int, default=6000, help="data: documents per benchmark input")
-    s.add_argument("--models", help="model, eval: comma-separated model recipes (default: small ones on CPU)")
-    s.add_argument("--impls", help="model: comma-separated of hf,ours,ours+docmask,ours+ckpt; eval: ours,lm-eval")
+    s.add_argument("--models", help="model, eval: comma-separated model recipes (default: small ones on CPU); "
+                                    "train: built-in shapes (d768-l12, d1024-l24, llama-1b-untied, tiny) or recipes")
+    s.add_argument("--impls", help="model: comma-separated of hf,ours,ours+docmask,ours+ckpt; eval: ours,lm-eval; "
+                                   "train: of hf,hf+compile,ours,ours+fast,ours+fast+docs")
+    s.add_argument("--precision", choices=["default", "fp8"], default="default",
+                   help="train: fp8 runs the ours+fast variants with float8 linear layers (torchao)")
+    s.add_argument("--warmup", type=int, default=5, help="train: untimed steps first (compilation happens there)")
+    s.add_argument("--to-loss", type=float, help="train: wall time of each variant to this validation loss "
+                                                 "(with --mixture; --steps is then the most steps)")
+    s.add_argument("--eval-every", type=int, default=25, help="train --to-loss: steps between validation losses")
+    s.add_argument("--mixture", help="train: real tokens from this materialized mixture (its seq_len) instead of "
+                                     "random ones; the losses then compare what each variant learns")
     s.add_argument("--device", help="model, eval: cpu or cuda (default: cuda when available)")
     s.add_argument("--dtype", help="model, eval: float32 or bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
     s.add_argument("--batch", type=int, help="model: sequences per step; eval: requests per forward pass")
@@ -121,9 +163,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     s.add_argument("--tasks", help="eval: comma-separated of hellaswag,arc_easy,mmlu,lambada_openai")
     s.add_argument("--fewshot", type=int, default=0, help="eval: few-shot examples per prompt")
     s.add_argument("--seq", type=int, help="model: tokens per sequence")
-    s.add_argument("--steps", type=int, default=5, help="model: timed steps")
+    s.add_argument("--steps", type=int, default=5, help="model, train: timed steps")
     s.add_argument("--compile", action="store_true", help="model: torch.compile every variant")
-    s.add_argument("--json", help="model, eval: also write the rows to this JSON file")
+    s.add_argument("--json", help="model, train, eval: also write the rows to this JSON file")
     s.add_argument("--port", type=int, default=3310, help="backfill: port of the dagster dev it starts")
     s.add_argument("--idle", type=float, default=120, help="backfill: seconds the daemon runs on after the backfill")
     s.add_argument("--timeout", type=float, default=7200, help="backfill: seconds to wait for the backfill")

@@ -116,15 +116,22 @@ class PackedLoader:
         return [self.data.plan.provenance(int(i) * w, (int(i) + 1) * w)
                 for i in self.global_batch_indices(epoch, step)]
 
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        """Endless batches from the current state; DataLoader worker w of k takes steps with step % k == w."""
+    def schedule(self, state: LoaderState) -> Iterator[tuple[int, int, LoaderState]]:
+        """(epoch, step, the state after it) of every batch from `state` on that this worker makes; DataLoader
+        worker w of k takes the steps with step % k == w."""
         while True:
-            if self.state.step >= self.steps_per_epoch:
-                self.state = LoaderState(self.state.epoch + 1, 0)
-            epoch, step = self.state.epoch, self.state.step
-            self.state = LoaderState(epoch, step + 1)
+            if state.step >= self.steps_per_epoch:
+                state = LoaderState(state.epoch + 1, 0)
+            epoch, step = state.epoch, state.step
+            state = LoaderState(epoch, step + 1)
             if step % self.num_workers == self.worker_id:
-                yield self.batch(epoch, step)
+                yield epoch, step, state
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        """Endless batches from the current state."""
+        for epoch, step, after in self.schedule(self.state):
+            self.state = after
+            yield self.batch(epoch, step)
 
     def state_dict(self) -> dict:
         return self.state.state_dict()
@@ -178,3 +185,62 @@ class ArrayTokens:
         lo, hi = i * self.window, (i + 1) * self.window
         docs = self._doc[lo:hi]
         return self.tokens[lo:hi].astype(np.int64), docs - docs[0]
+
+
+PINNED = ("input_ids", "labels", "doc_ids", "position_ids")
+
+
+class Prefetcher:
+    """The loader's batches, made `depth` ahead by a background thread, so the training step never waits for
+    them; with `pin`, the token arrays come as pinned tensors, which copy to a GPU without blocking. The
+    loader's state advances only as each batch is taken, so a checkpoint resumes after the last batch trained."""
+
+    def __init__(self, loader: PackedLoader, depth: int = 2, pin: bool = False):
+        import queue
+        import threading
+
+        self.loader, self.pin = loader, pin
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(loader.state,), daemon=True,
+                                        name="minigpt-prefetch")
+        self._thread.start()
+
+    def _produce(self, state: LoaderState) -> None:
+        import queue
+
+        try:
+            for epoch, step, after in self.loader.schedule(state):
+                item = (after, self._pinned(self.loader.batch(epoch, step)))
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            self._queue.put((None, e))
+
+    def _pinned(self, batch: dict) -> dict:
+        if not self.pin:
+            return batch
+        import torch
+
+        return {k: torch.from_numpy(np.ascontiguousarray(v)).pin_memory() if k in PINNED else v
+                for k, v in batch.items()}
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> dict:
+        state, batch = self._queue.get()
+        if state is None:
+            raise batch
+        self.loader.state = state
+        return batch
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -55,20 +55,33 @@ def load_lm(hf_dir: Path, device: str = "cpu", batch_size: int = 4, dtype: str =
 def lm_eval_samples(lm, files: dict[str, Path], num_fewshot: int = 0, work: Path | None = None,
                     limit: int | None = None) -> tuple[dict[str, list[dict]], float]:
     """lm-eval's logged samples per task of `files` ({lm-eval task: local jsonl}), each sorted by doc_id (mmlu:
-    every subject's in subject order, under "mmlu"), and the seconds `simple_evaluate` took (tasks built before)."""
+    every subject's in subject order, under "mmlu"), and the seconds its scoring took: the `evaluate` call inside
+    `simple_evaluate` (building requests, the model's forward passes, the metrics), not the task setup before
+    it or the environment report after it (torch's `collect_env`, about 0.8 s per call)."""
     import tempfile
+    from unittest import mock
 
+    import lm_eval.evaluator as E
     from lm_eval import simple_evaluate
 
-    with tempfile.TemporaryDirectory() as tmp:
+    spent: list[float] = []
+    inner = E.evaluate
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - t0)
+
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(E, "evaluate", timed):
         tm = task_manager()
         tasks = [tm._factory.build(tm._entry(s["task"]), overrides=s, registry=tm._index)
                  for s in _specs(files, Path(work or tmp))]
-        t0 = time.perf_counter()
         out = simple_evaluate(model=lm, tasks=tasks, task_manager=tm, num_fewshot=num_fewshot, limit=limit,
                               log_samples=True, bootstrap_iters=0, random_seed=0, numpy_random_seed=1234,
                               torch_random_seed=1234, fewshot_random_seed=1234)
-        seconds = time.perf_counter() - t0
+    seconds = sum(spent)
     samples = {k: sorted(v, key=lambda s: s["doc_id"]) for k, v in out["samples"].items()
                if not k.startswith("mmlu_")}
     if "mmlu" in files:

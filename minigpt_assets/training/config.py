@@ -18,8 +18,11 @@ class _Strict(BaseModel):
 
 
 class OptimConfig(_Strict):
-    """AdamW with a warmup then a cosine or warmup-stable-decay (WSD) schedule down to `min_lr_ratio`·lr."""
+    """AdamW (or Muon on the hidden matrices with AdamW on the rest) with a warmup then a cosine or
+    warmup-stable-decay (WSD) schedule down to `min_lr_ratio`·lr."""
 
+    name: Literal["adamw", "muon"] = "adamw"
+    momentum: float = Field(0.95, ge=0, lt=1)  # muon's (Nesterov) momentum
     lr: float = Field(1e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.1, ge=0)

@@ -18,11 +18,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from minigpt_assets.data.loader import PackedLoader
+from minigpt_assets.data.loader import PackedLoader, Prefetcher
 from minigpt_assets.models.config import ModelConfig
 from minigpt_assets.models.registry import build_model
 from minigpt_assets.training import checkpoint as ckpt
 from minigpt_assets.training.config import OptimConfig, StageConfig
+from minigpt_assets.training.optimizers import build_optimizer
 
 
 STRATEGIES = ("none", "ddp", "fsdp", "zero2", "zero3")  # zero*: DeepSpeed ZeRO stage 2 or 3
@@ -51,15 +52,6 @@ def lr_multiplier(step: int, max_steps: int, o: OptimConfig) -> float:
     return 1.0 - (1 - lo) * t
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No decay on norms, biases and embeddings-as-vectors (every parameter with fewer than 2 dimensions)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 @dataclass
 class TrainResult:
     steps: int
@@ -77,7 +69,7 @@ class Trainer:
     def __init__(self, model_cfg: ModelConfig, stage: StageConfig, train, run_dir: Path, val=None,
                  device: str | None = None, init_weights: Path | None = None, rank: int = 0, world_size: int = 1,
                  on_metrics: Callable[[dict], None] | None = None, hook: Callable[[str, int], None] | None = None,
-                 strategy: str = "none", teacher: Path | None = None):
+                 strategy: str = "none", teacher: Path | None = None, deferred: bool | None = None):
         if strategy not in STRATEGIES:
             raise TrainingError(f"unknown parallel strategy {strategy!r} ({', '.join(STRATEGIES)})")
         if strategy != "none" and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -129,10 +121,14 @@ class Trainer:
         self.stats: dict[str, float] = {}
         self.val_stats: dict[str, float] = {}
         self.train_model = self._parallelize()
+        # read the loss and the gradient norm on the host only when they are logged: the fused AdamW can skip a
+        # non-finite step by itself (MoE's router update and DeepSpeed need the answer at once); on by default on
+        # a GPU, where a host sync per step stalls the queue of kernels
         o = stage.optim
-        fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas,
-                                           eps=o.eps, fused=fused)
+        auto = (self.device.type == "cuda" and strategy in ("none", "ddp") and model_cfg.moe is None
+                and o.name == "adamw")
+        self.deferred = auto if deferred is None else deferred
+        self.optimizer = build_optimizer(self.model, o, fused=self.device.type == "cuda" or self.deferred)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_multiplier(s, stage.max_steps, o))
         self.engine = None
@@ -313,8 +309,15 @@ class Trainer:
             self.on_metrics(row)
 
     # -- steps
-    def to_device(self, a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
+    def to_device(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A batch array on the training device (a pinned tensor from `batches()` copies without blocking)."""
+        if not isinstance(a, torch.Tensor):
+            a = torch.from_numpy(np.ascontiguousarray(a))
+        return a.to(self.device, non_blocking=True)
+
+    def batches(self) -> "Prefetcher":
+        """The loader's batches from its current state, made ahead by a background thread (pinned on a GPU)."""
+        return Prefetcher(self.loader, pin=self.device.type == "cuda")
 
     def train_step(self, batch: dict) -> dict:
         batch = self.objective.prepare(batch)  # GRPO samples and scores its rollouts here
@@ -332,25 +335,26 @@ class Trainer:
         if self.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.all_reduce(total)
             total /= self.world_size
-        loss_value = float(total)
         clip = self.stage.optim.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else float("inf"))
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor over the shards
             grad_norm = grad_norm.full_tensor()
-        finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
         lr = self.scheduler.get_last_lr()[0]
-        if finite:
+        if self.deferred:  # no host sync: the fused optimizer skips a non-finite step on the device itself
+            finite = torch.isfinite(total) & torch.isfinite(grad_norm)
+            self.optimizer.found_inf = (~finite).float()
             self.optimizer.step()
-            self.bad_in_a_row = 0
-            if self.model_cfg.moe is not None:
-                self.model.update_router_bias()
+            loss_value, grad_value = total, grad_norm.detach()
         else:
-            self.bad_steps += 1
-            self.bad_in_a_row += 1
+            loss_value, grad_value = float(total), float(grad_norm)
+            finite = math.isfinite(loss_value) and math.isfinite(grad_value)
+            if finite:
+                self.optimizer.step()
+                if self.model_cfg.moe is not None:
+                    self.model.update_router_bias()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        out = {"loss": loss_value, "grad_norm": float(grad_norm), "lr": lr, "finite": finite,
-               **self._stats_over_ranks()}
+        out = {"loss": loss_value, "grad_norm": grad_value, "lr": lr, "finite": finite, **self._stats_over_ranks()}
         if "tokens" in batch:
             out["tokens"] = batch["tokens"]
         return out
@@ -378,13 +382,8 @@ class Trainer:
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         finite = math.isfinite(loss_value) and bool(self.engine.was_step_applied()) and math.isfinite(grad_norm)
         lr = self.scheduler.get_last_lr()[0]
-        if finite:
-            self.bad_in_a_row = 0
-            if self.model_cfg.moe is not None:
-                self.model.update_router_bias()
-        else:
-            self.bad_steps += 1
-            self.bad_in_a_row += 1
+        if finite and self.model_cfg.moe is not None:
+            self.model.update_router_bias()
         self.scheduler.step()
         return {"loss": loss_value, "grad_norm": grad_norm, "lr": lr, "finite": finite, **self._stats_over_ranks()}
 
@@ -400,53 +399,86 @@ class Trainer:
 
     def fit(self, max_steps: int | None = None, resume: bool = True) -> TrainResult:
         """Run until `stage.max_steps` (or `max_steps`, to stop early), checkpointing every
-        `checkpoint_every` steps and at the end."""
+        `checkpoint_every` steps and at the end. On a GPU the step's numbers stay on the device until a log,
+        eval or checkpoint step reads them all at once (`_settle`); too many non-finite steps in a row then stop
+        the run at that step."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         start = self.resume() if resume else 0
         stop = min(self.stage.max_steps, max_steps or self.stage.max_steps)
-        it = iter(self.loader)
         rows: list[dict] = []
-        last_loss, val_loss = float("nan"), None
-        t_last = time.perf_counter()
+        self._pending: list[tuple[dict, dict]] = []
+        self._last_loss, val_loss = float("nan"), None
+        self._t_settled = time.perf_counter()
         window_tokens = self.stage.batch_size * (self.loader.data.window - 1)
         if start == 0 and self.stage.eval_every and self.val is not None:
             val_loss = self.evaluate()  # the starting point of the validation curve
             self._emit({"stage": self.stage.stage_name, "step": 0, "val_loss": val_loss, **self.val_stats})
-        while self.step < stop:
-            batch = next(it)
-            out = self.train_step(batch)
-            self.step += 1
-            step_tokens = out.get("tokens", window_tokens)
-            self.tokens += step_tokens
-            if not out["finite"] and self.bad_in_a_row >= self.stage.max_bad_steps:
+        it = self.batches()
+        try:
+            while self.step < stop:
+                batch = next(it)
+                out = self.train_step(batch)
+                self.step += 1
+                step_tokens = out.get("tokens", window_tokens)
+                self.tokens += step_tokens
+                row = {"stage": self.stage.stage_name, "step": self.step, "loss": out["loss"], "lr": out["lr"],
+                       "grad_norm": out["grad_norm"], "tokens": self.tokens, "tokens_per_s": step_tokens,
+                       "skipped": out["finite"], **{k: out[k] for k in STAGE_METRICS if k in out}}
+                self._pending.append(row)
+                rows.append(row)
+                evals = bool(self.stage.eval_every) and self.step % self.stage.eval_every == 0
+                logs = self.step % self.stage.log_every == 0 or self.step == stop
+                saves = self.step % self.stage.checkpoint_every == 0 or self.step == stop
+                if not self.deferred or evals or logs or saves:
+                    self._settle()
+                if evals:
+                    val_loss = row["val_loss"] = self.evaluate()
+                    row.update(self.val_stats)
+                if logs:
+                    self._emit(row)
+                if self.hook:
+                    self.hook("step", self.step)
+                if saves:
+                    if self.step == stop and self.val is not None and "val_loss" not in row:
+                        val_loss = self.evaluate()
+                        self._emit({"stage": self.stage.stage_name, "step": self.step, "val_loss": val_loss,
+                                    **self.val_stats})
+                    self.save()
+                    self._t_settled = time.perf_counter()  # checkpoint time is not training throughput
+        finally:
+            it.close()
+        return TrainResult(self.step, self._last_loss, val_loss, self.bad_steps,
+                           ckpt.latest_checkpoint(self.ckpt_root), rows, start)
+
+    def _settle(self) -> None:
+        """Read the pending steps' loss, gradient norm and finiteness (one host sync for all), count non-finite
+        steps, and give each row the throughput of the stretch since the last settle. Rows come in with
+        `tokens_per_s` holding their step's tokens and `skipped` holding `finite`."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        keys = ("loss", "grad_norm", "skipped")
+        lazy = [r[k] for r in pending for k in keys if isinstance(r[k], torch.Tensor)]
+        values = iter(torch.stack([t.float() for t in lazy]).tolist()) if lazy else iter(())
+        now = time.perf_counter()
+        rate = sum(r["tokens_per_s"] for r in pending) / max(now - self._t_settled, 1e-9)
+        self._t_settled = now
+        for r in pending:
+            for k in keys:
+                if isinstance(r[k], torch.Tensor):
+                    r[k] = next(values)
+            finite = bool(r["skipped"])
+            r["skipped"], r["tokens_per_s"] = not finite, rate
+            if finite:
+                self._last_loss = r["loss"]
+                self.bad_in_a_row = 0
+                continue
+            self.bad_steps += 1
+            self.bad_in_a_row += 1
+            if self.bad_in_a_row >= self.stage.max_bad_steps:
                 last = ckpt.latest_checkpoint(self.ckpt_root)
-                raise TrainingError(f"{self.bad_in_a_row} non-finite losses in a row at step {self.step}; "
+                raise TrainingError(f"{self.bad_in_a_row} non-finite losses in a row at step {r['step']}; "
                                     f"stopping (last good checkpoint: {last or 'none'})")
-            now = time.perf_counter()
-            row = {"stage": self.stage.stage_name, "step": self.step, "loss": out["loss"], "lr": out["lr"],
-                   "grad_norm": out["grad_norm"], "tokens": self.tokens,
-                   "tokens_per_s": step_tokens / max(now - t_last, 1e-9), "skipped": not out["finite"],
-                   **{k: out[k] for k in STAGE_METRICS if k in out}}
-            t_last = now
-            if out["finite"]:
-                last_loss = out["loss"]
-            if self.stage.eval_every and self.step % self.stage.eval_every == 0:
-                val_loss = row["val_loss"] = self.evaluate()
-                row.update(self.val_stats)
-            if self.step % self.stage.log_every == 0 or self.step == stop:
-                self._emit(row)
-            rows.append(row)
-            if self.hook:
-                self.hook("step", self.step)
-            if self.step % self.stage.checkpoint_every == 0 or self.step == stop:
-                if self.step == stop and self.val is not None and "val_loss" not in row:
-                    val_loss = self.evaluate()
-                    self._emit({"stage": self.stage.stage_name, "step": self.step, "val_loss": val_loss,
-                                **self.val_stats})
-                self.save()
-                t_last = time.perf_counter()  # checkpoint time is not training throughput
-        return TrainResult(self.step, last_loss, val_loss, self.bad_steps, ckpt.latest_checkpoint(self.ckpt_root),
-                           rows, start)
 
 
 def kill_hook_from_env() -> Callable[[str, int], None] | None:

@@ -1,0 +1,351 @@
+"""`minigpt bench train`: our trainer next to transformers' model of the same config and weights, on the same
+batches, in one run. It reports tokens/s, MFU, peak memory, the share of step time spent waiting for data and the
+ratio to the strongest baseline in the table.
+
+Variants (`--impls`), each in a fresh process:
+- `hf`: `AutoModelForCausalLM` (SDPA) trained by a plain loop: bf16 autocast, fp32 cross-entropy on the logits,
+  clipping and fused AdamW. The loss is read only at the end, like a loop that logs now and then.
+- `hf+compile`: the same model under `torch.compile`.
+- `ours`: `Trainer.train_step` with compile and the fused loss off: eager, the loss on full fp32 logits.
+- `ours+fast`: the defaults on a GPU, i.e. each block compiled and the chunked linear + cross-entropy, plus
+  `--precision`.
+- `ours+fast+docs`: the same on packed documents (attention kept inside each document), to show what document
+  masking costs.
+- `ours+fast+muon`: `ours+fast` with Muon on the hidden matrices (`optim: {name: muon}`).
+
+With `--to-loss X` (on a `--mixture`), each variant trains from step 0 until its validation loss (the mixture's
+val split, every `eval_every` steps) reaches X, and the table gives the wall time to get there, compilation
+included and evaluation excluded.
+
+MFU = (6 N + 12 L d T) x tokens/s / peak. N counts every parameter except the input embedding (the output head
+counts, tied or not); L, d and T are layers, width and sequence length. The peak is dense bf16 989 TFLOP/s on an
+H100/H200. On a CPU no peak is known, so MFU is left out.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from minigpt_assets.isolated import spawn, worker
+
+IMPLS = ("hf", "hf+compile", "ours", "ours+fast", "ours+fast+docs", "ours+fast+muon")
+_LLAMA = {"family": "llama", "tie_embeddings": False, "max_seq_len": 2048, "bos_token_id": 1, "eos_token_id": 2}
+#: the default shapes: (model config, batch) at sequence length 2048 (`tiny`: a CPU shape for the tests)
+SHAPES: dict[str, tuple[dict, int]] = {
+    "d768-l12": ({**_LLAMA, "vocab_size": 32000, "hidden_size": 768, "num_layers": 12, "num_heads": 12,
+                  "num_kv_heads": 4, "intermediate_size": 2048}, 16),
+    "d1024-l24": ({**_LLAMA, "vocab_size": 32000, "hidden_size": 1024, "num_layers": 24, "num_heads": 16,
+                   "num_kv_heads": 4, "intermediate_size": 2816}, 8),
+    "llama-1b-untied": ({**_LLAMA, "vocab_size": 128256, "hidden_size": 2048, "num_layers": 16, "num_heads": 32,
+                         "num_kv_heads": 8, "intermediate_size": 8192, "rope_theta": 500000.0}, 4),
+    "tiny": ({**_LLAMA, "vocab_size": 512, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+              "intermediate_size": 128, "max_seq_len": 256}, 4),
+}
+GPU_SHAPES = ["d768-l12", "d1024-l24", "llama-1b-untied"]
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12}  # dense bf16, by device name
+
+
+@dataclass
+class TrainJob:
+    name: str
+    model: dict
+    impl: str
+    device: str
+    batch: int
+    seq: int
+    steps: int
+    warmup: int
+    precision: str = "default"
+    doc_len: int = 512  # mean document length of the random token stream (for +docs)
+    mixture: str | None = None  # a materialized mixture's folder: real tokens instead of random ones
+    to_loss: float | None = None  # train until the validation loss reaches this (at most `steps` steps)
+    eval_every: int = 25
+    eval_batches: int = 8
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def flops_per_token(cfg, seq: int) -> float:
+    """6 N + 12 L d T, N without the input embedding (the head counts even when tied)."""
+    from minigpt_assets.models import build_model
+
+    import torch
+
+    with torch.device("meta"):
+        n = build_model(cfg, device="meta").num_params()
+    n_head = cfg.vocab_size * cfg.hidden_size
+    n_no_embed = n - n_head + (n_head if cfg.tie_embeddings else 0)
+    return 6 * n_no_embed + 12 * cfg.num_layers * cfg.hidden_size * seq
+
+
+def token_stream(vocab: int, n: int, doc_len: int, eos: int, seed: int):
+    """Random tokens with an end-of-document token after documents of random length (mean `doc_len`)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    toks = rng.integers(3, vocab, size=n, dtype=np.int64)
+    ends = np.cumsum(rng.integers(doc_len // 2, doc_len * 3 // 2 + 1, size=n // max(1, doc_len // 2) + 1))
+    toks[ends[ends < n]] = eos
+    return toks.astype(np.uint32)
+
+
+def _stage(job: TrainJob):
+    from minigpt_assets.training.config import StageConfig
+
+    fast = job.impl.startswith("ours+fast")
+    return StageConfig.model_validate({
+        "kind": "pretrain", "batch_size": job.batch, "max_steps": job.warmup + job.steps,
+        "compile": fast and job.device.startswith("cuda"), "fused_loss": fast, "document_masking": job.impl.endswith("+docs"),
+        "precision": job.precision if fast else "default", "log_every": job.warmup + job.steps,
+        "checkpoint_every": 10**9, "eval_batches": job.eval_batches,
+        "optim": {"lr": 3e-4, "warmup_steps": 0, "schedule": "constant",
+                  "name": "muon" if job.impl.endswith("+muon") else "adamw"},
+        "seed": job.seed, **job.extra})
+
+
+def run_job(d: dict) -> dict:
+    """One variant, inside its worker process."""
+    import numpy as np
+    import torch
+
+    from minigpt_assets.data.loader import ArrayTokens, PackedLoader
+    from minigpt_assets.models import make_config
+    from minigpt_assets.training.trainer import Trainer
+
+    job = TrainJob(**d)
+    cfg = make_config({**job.model, "max_seq_len": max(job.model.get("max_seq_len", 0), job.seq)})
+    dev = torch.device(job.device)
+    gpu = dev.type == "cuda"
+    if job.mixture:
+        from minigpt_assets.data.loader import open_mixture
+
+        data = open_mixture(Path(job.mixture), "train")
+    else:
+        n_tokens = (job.warmup + job.steps + 2) * job.batch * (job.seq + 1)
+        data = ArrayTokens(token_stream(cfg.vocab_size, n_tokens, job.doc_len, cfg.eos_token_id or 0, job.seed),
+                           job.seq, cfg.eos_token_id or 0)
+    if data.window - 1 != job.seq:
+        raise ValueError(f"the mixture's windows are {data.window - 1} tokens, not --seq {job.seq}")
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    stage = _stage(job)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, stage, data, Path(tmp), device=job.device)
+        if job.impl.startswith("hf"):
+            step, evaluate = _hf_loop(trainer, job)
+            batches = iter(PackedLoader(data, job.batch, seed=stage.seed))
+        else:
+            step, batches, evaluate = trainer.train_step, trainer.batches(), trainer.evaluate
+        if job.to_loss is not None:  # the mixture's val split (the tests: another random stream)
+            from minigpt_assets.data.loader import open_mixture
+
+            eos = cfg.eos_token_id or 0
+            trainer.val = (open_mixture(Path(job.mixture), "val") if job.mixture else ArrayTokens(
+                token_stream(cfg.vocab_size, job.eval_batches * job.batch * (job.seq + 1) + 1, job.doc_len, eos,
+                             job.seed + 1), job.seq, eos))
+            return _time_to_loss(job, step, batches, evaluate, gpu, trainer.model_cfg)
+        waits, losses = [], []
+
+        def sync():
+            if gpu:
+                torch.cuda.synchronize()
+
+        for i in range(job.warmup + job.steps):
+            if i == job.warmup:
+                sync()
+                t_start = time.perf_counter()
+                waits = []
+            t0 = time.perf_counter()
+            batch = next(batches)
+            waits.append(time.perf_counter() - t0)
+            losses.append(step(batch)["loss"])
+        sync()
+        elapsed = time.perf_counter() - t_start
+        params = trainer.model.num_params()
+    losses = [float(x) for x in losses]
+    tps = job.steps * job.batch * job.seq / elapsed
+    name = torch.cuda.get_device_name(dev) if gpu else "cpu"
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    mfu = flops_per_token(cfg, job.seq) * tps / peak if peak else None
+    return {"model": job.name, "impl": job.impl + ("+fp8" if job.precision == "fp8" and "fast" in job.impl else ""),
+            "params_M": params / 1e6, "batch": job.batch, "seq": job.seq, "step_ms": elapsed / job.steps * 1e3,
+            "tokens_per_s": tps, "mfu": mfu, "peak_mem_GB": (torch.cuda.max_memory_allocated(dev) / 2**30) if gpu
+            else None, "data_wait": float(np.sum(waits)) / elapsed, "first_loss": losses[0], "last_loss": losses[-1],
+            "device": name}
+
+
+def _time_to_loss(job: TrainJob, step, batches, evaluate, gpu: bool, cfg) -> dict:
+    """Steps from 0 until the validation loss reaches `job.to_loss`: wall seconds of training (compilation
+    included, evaluation excluded), steps and tokens."""
+    import torch
+
+    trained, val, curve = 0.0, None, []
+    for i in range(1, job.steps + 1):
+        t0 = time.perf_counter()
+        step(next(batches))
+        if i % job.eval_every and i != job.steps:
+            trained += time.perf_counter() - t0
+            continue
+        if gpu:
+            torch.cuda.synchronize()
+        trained += time.perf_counter() - t0
+        val = evaluate()
+        curve.append((i, round(trained, 2), val))
+        if val <= job.to_loss:
+            break
+    reached = val is not None and val <= job.to_loss
+    return {"model": job.name, "impl": job.impl, "batch": job.batch, "seq": job.seq, "to_loss": job.to_loss,
+            "reached": reached, "seconds": trained if reached else None, "steps": i, "tokens": i * job.batch * job.seq,
+            "val_loss": val, "curve": curve}
+
+
+def _hf_loop(trainer, job: TrainJob):
+    """transformers' model with our model's initial weights, and a plain training step for it."""
+    import torch
+    import torch.nn.functional as F
+    import transformers
+
+    from minigpt_assets.models.interop import hf_config, to_hf_state_dict
+    from minigpt_assets.training.optimizers import param_groups
+
+    cfg = trainer.model_cfg
+    hcfg = hf_config(cfg)
+    hcfg.pop("architectures")
+    conf = transformers.AutoConfig.for_model(**hcfg)
+    conf._attn_implementation = "sdpa"
+    model = transformers.AutoModelForCausalLM.from_config(conf).to(trainer.device)
+    model.load_state_dict(to_hf_state_dict(cfg, trainer.model.state_dict()), strict=False)
+    trainer.model.to("meta")  # ours is not used: free its memory (the reported parameters stay its count)
+    trainer.optimizer = None
+    o = trainer.stage.optim
+    opt = torch.optim.AdamW(param_groups(list(model.parameters()), o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps,
+                            fused=trainer.device.type == "cuda")
+    run = torch.compile(model) if job.impl == "hf+compile" else model
+    dtype = torch.bfloat16 if trainer.device.type == "cuda" else torch.float32
+    clip = o.grad_clip
+
+    def step(batch: dict) -> dict:
+        ids = torch.from_numpy(batch["input_ids"]).to(trainer.device, non_blocking=True)
+        labels = torch.from_numpy(batch["labels"]).to(trainer.device, non_blocking=True)
+        with torch.autocast(trainer.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = run(input_ids=ids, use_cache=False).logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip else float("inf"))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return {"loss": loss.detach()}
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        """Mean loss over the same validation windows the trainer's evaluate reads."""
+        from minigpt_assets.data.loader import make_batch
+
+        model.eval()
+        n = min(len(trainer.val), trainer.stage.eval_batches * job.batch)
+        losses = []
+        for lo in range(0, n, job.batch):
+            b = make_batch(trainer.val, list(range(lo, min(n, lo + job.batch))))
+            ids = torch.from_numpy(b["input_ids"]).to(trainer.device)
+            labels = torch.from_numpy(b["labels"]).to(trainer.device)
+            with torch.autocast(trainer.device.type, dtype=dtype, enabled=dtype != torch.float32):
+                logits = run(input_ids=ids, use_cache=False).logits
+            losses.append(float(F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)))
+        model.train()
+        return sum(losses) / len(losses)
+
+    return step, evaluate
+
+
+def run_train_bench(models: list[str] | None, recipes: dict, device: str | None, steps: int, warmup: int,
+                    batch: int | None, seq: int | None, impls: list[str] | None, precision: str = "default",
+                    out: Path | None = None, mixture: tuple[str, Path, int] | None = None,
+                    to_loss: float | None = None, eval_every: int = 25) -> list[dict]:
+    """Run every (shape, variant) and print the table. `recipes`: model recipe name -> config dict, for names
+    that are not built-in shapes; `mixture`: (name, folder, seq_len) of real tokens to train on; `to_loss`:
+    time each variant to this validation loss instead (at most `steps` steps)."""
+    import json
+    import platform
+
+    import torch
+
+    from minigpt_assets.tables import format_table
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.startswith("cuda")
+    names = models or (GPU_SHAPES if gpu else ["tiny"])
+    if to_loss is not None:
+        impls = impls or ["hf+compile" if gpu else "hf", "ours+fast", "ours+fast+muon"]
+    impls = impls or (list(IMPLS[:-1]) if gpu else ["hf", "ours", "ours+fast"])
+    where = torch.cuda.get_device_name() if gpu else f"{platform.machine()}, {torch.get_num_threads()} threads"
+    data = f"mixture {mixture[0]}" if mixture else "random tokens"
+    what = (f"time to validation loss {to_loss} (at most {steps} steps, eval every {eval_every})" if to_loss
+            is not None else f"{steps} timed steps after {warmup} warm-up")
+    print(f"bench train: {what}, {data}, {'bf16 autocast' if gpu else 'fp32'}"
+          f"{', precision ' + precision if precision != 'default' else ''}, on {where}; torch {torch.__version__}",
+          flush=True)
+    rows = []
+    for name in names:
+        model, default_batch = SHAPES[name] if name in SHAPES else (recipes[name], 4)
+        s = mixture[2] if mixture else seq or (2048 if gpu else 64)
+        for impl in impls:
+            job = TrainJob(name, model, impl, device, batch or default_batch, s, steps, warmup, precision,
+                           mixture=str(mixture[1]) if mixture else None, to_loss=to_loss, eval_every=eval_every)
+            rows.append(spawn("minigpt_assets.training.bench", asdict(job), {"model": name, "impl": impl}))
+            r = rows[-1]
+            done = ("error" if "error" in r else f"{r['tokens_per_s']:,.0f} tok/s" if "tokens_per_s" in r
+                    else f"val {r['val_loss']:.3f} after {r['steps']} steps")
+            print(f"  {name:<16} {impl:<16} " + (r["error"][:120] if "error" in r else done), flush=True)
+    print()
+    print(format_table(*(to_loss_table(rows) if to_loss is not None else table(rows))))
+    if out:
+        out.write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+def table(rows: list[dict]) -> tuple[list[str], list[tuple]]:
+    """Columns and rows; the ratio is to the strongest transformers variant of the same shape."""
+    best: dict[str, float] = {}
+    for r in rows:
+        if r.get("impl", "").startswith("hf") and "error" not in r:
+            best[r["model"]] = max(best.get(r["model"], 0.0), r["tokens_per_s"])
+    cols = ["model", "impl", "params", "batch x seq", "step ms", "tokens/s", "MFU", "peak GB", "data wait",
+            "vs best hf", "loss first/last"]
+    out = []
+    for r in rows:
+        if "error" in r:
+            out.append((r["model"], r["impl"], "", "", "", "", "", "", "", "", r["error"][:90]))
+            continue
+        ref = best.get(r["model"])
+        out.append((r["model"], r["impl"], f"{r['params_M']:.1f}M", f"{r['batch']}x{r['seq']}", f"{r['step_ms']:.1f}",
+                    f"{r['tokens_per_s']:,.0f}", f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a",
+                    f"{r['peak_mem_GB']:.1f}" if r["peak_mem_GB"] is not None else "n/a", f"{r['data_wait']:.2%}",
+                    f"{r['tokens_per_s'] / ref:.2f}x" if ref else "", f"{r['first_loss']:.3f}/{r['last_loss']:.3f}"))
+    return cols, out
+
+
+def to_loss_table(rows: list[dict]) -> tuple[list[str], list[tuple]]:
+    """Seconds to the target loss; the ratio is how many times sooner than the fastest transformers variant."""
+    best = {}
+    for r in rows:
+        if r.get("impl", "").startswith("hf") and r.get("reached"):
+            best[r["model"]] = min(best.get(r["model"], float("inf")), r["seconds"])
+    cols = ["model", "impl", "target", "reached", "seconds", "steps", "tokens", "val loss", "sooner than best hf"]
+    out = []
+    for r in rows:
+        if "error" in r:
+            out.append((r["model"], r["impl"], "", "", "", "", "", "", r["error"][:90]))
+            continue
+        ref = best.get(r["model"])
+        out.append((r["model"], r["impl"], r["to_loss"], "yes" if r["reached"] else "no",
+                    f"{r['seconds']:.1f}" if r["reached"] else "", r["steps"], f"{r['tokens']:,}",
+                    f"{r['val_loss']:.4f}", f"{ref / r['seconds']:.2f}x" if ref and r["reached"] else ""))
+    return cols, out
+
+
+if __name__ == "__main__":
+    sys.exit(worker(run_job, sys.argv[1:], lambda job: {"model": job["name"], "impl": job["impl"]}))

@@ -1,0 +1,205 @@
+"""The speed paths of training give the plain paths' results: the chunked linear + cross-entropy, the deferred host
+sync of a GPU step, the prefetching loader; the `auto` switches (fused loss, per-block compile) stay off on CPU,
+and fp8 where the device has none stops with one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minigpt_assets.data.loader import ArrayTokens
+from minigpt_assets.models import make_config
+from minigpt_assets.models.cross_entropy import chunk_tokens, linear_cross_entropy
+from minigpt_assets.training.trainer import Trainer
+from minigpt_assets_tests.training.test_trainer import EOS, MODEL, counting_corpus, stage
+
+
+def _plain(hidden, weight, labels):
+    return F.cross_entropy((hidden @ weight.t()).float().flatten(0, -2), labels.flatten(), ignore_index=-100,
+                           reduction="sum")
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_linear_cross_entropy_equals_the_plain_loss_and_gradients(chunk):
+    torch.manual_seed(0)
+    h = torch.randn(3, 11, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 50, (3, 11))
+    labels[0, :4] = -100  # an SFT prompt: not trained
+    labels[2, -1] = -100  # padding
+    ref = _plain(h, w, labels)
+    gh, gw = torch.autograd.grad(ref * 0.7, [h, w])
+    out = linear_cross_entropy(h, w, labels, chunk=chunk)
+    fh, fw = torch.autograd.grad(out * 0.7, [h, w])  # the upstream gradient scales the saved ones
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, ref, rtol=1e-5)
+    assert torch.allclose(fh, gh, atol=1e-5) and torch.allclose(fw, gw, atol=1e-5)
+    assert fh[0, :4].abs().max() == 0  # no gradient from untrained positions
+
+
+def test_linear_cross_entropy_fp32_and_every_label_ignored():
+    torch.manual_seed(1)
+    h = torch.randn(40, 8, requires_grad=True)
+    w = torch.randn(30, 8, requires_grad=True)
+    labels = torch.randint(0, 30, (40,))
+    out = linear_cross_entropy(h, w, labels, chunk=16)
+    ref = _plain(h, w, labels)
+    assert torch.allclose(out, ref, rtol=1e-5)
+    (gh, gw), (rh, rw) = torch.autograd.grad(out, [h, w]), torch.autograd.grad(ref, [h, w])
+    assert torch.allclose(gh, rh, atol=1e-5) and torch.allclose(gw, rw, atol=1e-5)
+    none = linear_cross_entropy(h, w, torch.full((40,), -100), chunk=16)
+    assert float(none.detach()) == 0.0 and torch.autograd.grad(none, [h])[0].abs().max() == 0
+
+
+def test_chunk_size_bounds_the_fp32_logits():
+    assert chunk_tokens(128_256) == 523 and chunk_tokens(32_000) == 2097 and chunk_tokens(10**9) == 64
+
+
+def test_fused_training_follows_the_plain_loss(tmp_path):
+    """Same seed, data and optimizer: a few steps with the fused loss match the plain run within fp32 noise."""
+    data = ArrayTokens(counting_corpus(), 32, EOS)
+    losses = {}
+    for fused in (False, True):
+        tr = Trainer(make_config(MODEL), stage(max_steps=5, checkpoint_every=5, fused_loss=fused), data,
+                     tmp_path / str(fused), device="cpu")
+        assert tr.objective.fused is fused
+        losses[fused] = [r["loss"] for r in tr.fit().metrics]
+    assert np.allclose(losses[True], losses[False], rtol=1e-5, atol=1e-6), losses
+
+
+def test_auto_switches_are_off_on_cpu(tmp_path):
+    tr = Trainer(make_config(MODEL), stage(), ArrayTokens(counting_corpus(), 32, EOS), tmp_path, device="cpu")
+    assert tr.stage.compile == "auto" and tr.compiled is False
+    assert tr.stage.fused_loss == "auto" and tr.objective.fused is False
+
+
+def test_fp8_on_a_device_without_it_is_one_line(tmp_path):
+    from minigpt_assets.training.precision import float8_eligible
+    from minigpt_assets.training.trainer import TrainingError
+
+    with pytest.raises(TrainingError, match=r"^precision fp8 needs an NVIDIA GPU of compute capability 8\.9 or "
+                                            r"newer \(Ada, Hopper\); this run is on cpu$"):
+        Trainer(make_config(MODEL), stage(precision="fp8"), ArrayTokens(counting_corpus(), 32, EOS), tmp_path,
+                device="cpu")
+    assert float8_eligible(torch.nn.Linear(32, 64), "model.layers.0.mlp.up_proj")
+    assert not float8_eligible(torch.nn.Linear(32, 64), "lm_head")
+    assert not float8_eligible(torch.nn.Linear(32, 24), "model.layers.0.self_attn.k_proj")
+
+
+def test_deferred_steps_read_the_loss_only_at_log_steps_and_still_skip_bad_ones(tmp_path, monkeypatch):
+    """The GPU path (forced here on CPU, where the fused AdamW also takes `found_inf`): a non-finite step is
+    skipped on the device, counted when its log step reads it, and too many in a row still stop the run."""
+    from minigpt_assets.training.trainer import TrainingError
+
+    data = ArrayTokens(counting_corpus(), 32, EOS)
+    plain = Trainer(make_config(MODEL), stage(max_steps=8, checkpoint_every=8), data, tmp_path / "plain",
+                    device="cpu", deferred=False)
+    ref = [r["loss"] for r in plain.fit().metrics]
+    tr = Trainer(make_config(MODEL), stage(max_steps=8, checkpoint_every=8, log_every=4), data, tmp_path / "lazy",
+                 device="cpu", deferred=True)
+    reads = []
+    real_settle = tr._settle
+    monkeypatch.setattr(tr, "_settle", lambda: (reads.append(tr.step), real_settle())[1])
+    res = tr.fit()
+    assert reads == [4, 8]  # one host read per log step
+    assert np.allclose([r["loss"] for r in res.metrics], ref, rtol=1e-5)  # fused AdamW: the same run
+    assert all(isinstance(r["loss"], float) and r["tokens_per_s"] > 0 for r in res.metrics)
+
+    bad = Trainer(make_config(MODEL), stage(max_steps=20, checkpoint_every=4, log_every=4, max_bad_steps=3), data,
+                  tmp_path / "bad", device="cpu", deferred=True)
+    real = bad.objective.loss
+
+    def blown(b, lo, hi):
+        loss, stats = real(b, lo, hi)
+        return loss * (float("nan") if bad.step >= 9 else 1), stats
+
+    monkeypatch.setattr(bad.objective, "loss", blown)
+    after_9 = {}
+    bad.hook = lambda where, step: after_9.update(
+        {k: v.clone() for k, v in bad.model.state_dict().items()}) if (where, step) == ("step", 9) else None
+    with pytest.raises(TrainingError, match=r"^3 non-finite losses in a row at step 12; .*step-00000008"):
+        bad.fit()
+    # steps 10-12 were skipped on the device: the weights are those after step 9
+    assert bad.bad_steps == 3 and all(torch.equal(after_9[k], v) for k, v in bad.model.state_dict().items())
+
+
+def test_prefetched_batches_are_the_loader_batches_and_its_state_follows():
+    from minigpt_assets.data.loader import PackedLoader, Prefetcher
+
+    data = ArrayTokens(counting_corpus(), 32, EOS)
+    ref = PackedLoader(data, 8, seed=3)
+    it = iter(ref)
+    expected, states = [], []
+    for _ in range(ref.steps_per_epoch + 3):  # across an epoch boundary
+        expected.append(next(it))
+        states.append(ref.state_dict())
+    loader = PackedLoader(data, 8, seed=3)
+    pre = Prefetcher(loader, depth=3)
+    for want, state in zip(expected, states):
+        got = next(pre)
+        assert all(np.array_equal(got[k], want[k]) for k in want)
+        assert loader.state_dict() == state  # a checkpoint now resumes after this batch, not after the prefetched
+    pre.close()
+
+
+def test_bench_train_runs_both_sides_on_the_same_weights_and_batches(capsys):
+    """`minigpt bench train` on the CPU shape: transformers' model and our trainer start from the same weights on
+    the same batches (equal first losses), and the table names the ratio to the best transformers variant."""
+    from minigpt_assets.training.bench import flops_per_token, run_train_bench
+
+    rows = run_train_bench(["tiny"], {}, "cpu", 2, 1, None, None, ["hf", "ours+fast"])
+    assert [r.get("error") for r in rows] == [None, None], rows
+    hf, ours = rows
+    assert hf["first_loss"] == pytest.approx(ours["first_loss"], rel=1e-4)
+    assert ours["tokens_per_s"] > 0 and 0 <= ours["data_wait"] < 1 and ours["mfu"] is None
+    out = capsys.readouterr().out
+    assert "vs best hf" in out and "ours+fast" in out and "1.00x" in out
+    cfg = make_config({**MODEL, "tie_embeddings": False})
+    # the head, q/o (32 -> 4 heads of 8) and k/v (2 heads of 8) of 2 layers, their MLPs, 5 norms; no embedding
+    n = 64 * 32 + 2 * (2 * 32 * 32 + 2 * 32 * 16) + 2 * 3 * 32 * cfg.ffn_size + 5 * 32
+    assert flops_per_token(cfg, 10) == 6 * n + 12 * 2 * 32 * 10
+
+
+def test_muon_trains_the_hidden_matrices_and_adamw_the_rest(tmp_path):
+    from minigpt_assets.training.optimizers import Chained
+
+    data = ArrayTokens(counting_corpus(), 32, EOS)
+    tr = Trainer(make_config(MODEL), stage(max_steps=30, checkpoint_every=30, optim={"name": "muon", "lr": 1e-2,
+                                                                                      "warmup_steps": 2}),
+                 data, tmp_path, device="cpu")
+    muon, adamw = tr.optimizer.optimizers
+    assert isinstance(tr.optimizer, Chained) and isinstance(muon, torch.optim.Muon)
+    names = {id(p): n for n, p in tr.model.named_parameters()}
+    on_muon = sorted(names[id(p)] for g in muon.param_groups for p in g["params"])
+    assert on_muon and all(".layers." in n and n.endswith("proj.weight") for n in on_muon)
+    assert len(on_muon) == 2 * 7  # q, k, v, o, gate, up, down per block
+    assert not tr.deferred  # muon takes no found_inf: the loss is read every step
+    losses = [r["loss"] for r in tr.fit().metrics]
+    assert losses[-1] < losses[0] - 2.0
+
+
+def test_muon_resume_after_sigkill_is_bit_identical(tmp_path):
+    """The two optimizers' states go through the distributed-checkpoint state dict as one optimizer's."""
+    from minigpt_assets_tests.training.test_trainer import _result, _run, _spec
+
+    muon = {"name": "muon", "lr": 1e-2, "warmup_steps": 2}
+    ref = _result(_run(_spec(tmp_path, tmp_path / "ref", optim=muon)))
+    spec = _spec(tmp_path, tmp_path / "killed", optim=muon)
+    assert _run(spec, "step:7").returncode == -9
+    res = _result(_run(spec))
+    assert res["resumed_from"] == 4 and res["losses"] == ref["losses"][4:]
+
+
+def test_bench_train_to_loss_times_each_side_to_the_target(capsys):
+    from minigpt_assets.training.bench import run_train_bench
+
+    rows = run_train_bench(["tiny"], {}, "cpu", 6, 0, None, None, ["hf", "ours+fast+muon"], to_loss=9.0,
+                           eval_every=2)
+    assert [r.get("error") for r in rows] == [None, None], rows
+    assert all(r["reached"] and r["steps"] == 2 and r["seconds"] > 0 for r in rows)  # ln(512) = 6.2 < 9
+    unreachable = run_train_bench(["tiny"], {}, "cpu", 4, 0, None, None, ["ours+fast"], to_loss=0.5, eval_every=2)
+    assert not unreachable[0]["reached"] and unreachable[0]["steps"] == 4 and len(unreachable[0]["curve"]) == 2
+    out = capsys.readouterr().out
+    assert "sooner than best hf" in out
