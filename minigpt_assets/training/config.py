@@ -21,7 +21,8 @@ class OptimConfig(_Strict):
     """AdamW (or Muon on the hidden matrices with AdamW on the rest) with a warmup then a cosine or
     warmup-stable-decay (WSD) schedule down to `min_lr_ratio`·lr."""
 
-    name: Literal["adamw", "muon"] = "adamw"
+    # adamw8bit: AdamW with 8-bit states (torchao), a quarter of AdamW's optimizer memory
+    name: Literal["adamw", "muon", "adamw8bit"] = "adamw"
     momentum: float = Field(0.95, ge=0, lt=1)  # muon's (Nesterov) momentum
     lr: float = Field(1e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)

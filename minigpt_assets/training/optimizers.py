@@ -1,6 +1,8 @@
-"""The stage's optimizer: AdamW, or Muon (Jordan et al. 2024; `torch.optim.Muon`) on the hidden 2-D weights with
-AdamW on the rest (embeddings, output head, norms, biases, MoE routers and stacked experts), as modded-nanogpt and
-MiniMind use it. Both are one `torch.optim.Optimizer` to the loop, the LR schedule and checkpoints.
+"""The stage's optimizer: AdamW; AdamW with 8-bit states (torchao's `AdamW8bit`: blockwise-quantized moments,
+what lets an 8B model with fp32 weights train on one 141 GB GPU); or Muon (Jordan et al. 2024; `torch.optim.Muon`)
+on the hidden 2-D weights with AdamW on the rest (embeddings, output head, norms, biases, MoE routers and stacked
+experts), as modded-nanogpt and MiniMind use it. Each is one `torch.optim.Optimizer` to the loop, the LR schedule
+and checkpoints.
 """
 
 from __future__ import annotations
@@ -9,6 +11,10 @@ import torch
 from torch import nn
 
 from minigpt_assets.training.config import OptimConfig
+
+
+class OptimizerError(RuntimeError):
+    """An optimizer that cannot be built here (a missing library); one line for the user."""
 
 
 def param_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
@@ -31,6 +37,12 @@ def build_optimizer(model: nn.Module, o: OptimConfig, fused: bool) -> torch.opti
                                          eps=o.eps, fused=fused)
     if o.name == "adamw":
         return adamw([p for _, p in trainable])
+    if o.name == "adamw8bit":
+        try:
+            from torchao.optim import AdamW8bit
+        except ImportError:
+            raise OptimizerError("optim name adamw8bit needs torchao (pip install torchao)") from None
+        return AdamW8bit(param_groups([p for _, p in trainable], o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
     hidden = [p for n, p in trainable if muon_eligible(n, p)]
     rest = [p for n, p in trainable if not muon_eligible(n, p)]
     # "match_rms_adamw" (Moonlight) scales each update to AdamW's RMS, so the stage's lr and schedule carry over

@@ -23,7 +23,7 @@ from minigpt_assets.models.config import ModelConfig
 from minigpt_assets.models.registry import build_model
 from minigpt_assets.training import checkpoint as ckpt
 from minigpt_assets.training.config import OptimConfig, StageConfig
-from minigpt_assets.training.optimizers import build_optimizer
+from minigpt_assets.training.optimizers import OptimizerError, build_optimizer
 
 
 STRATEGIES = ("none", "ddp", "fsdp", "zero2", "zero3")  # zero*: DeepSpeed ZeRO stage 2 or 3
@@ -128,7 +128,10 @@ class Trainer:
         auto = (self.device.type == "cuda" and strategy in ("none", "ddp") and model_cfg.moe is None
                 and o.name == "adamw")
         self.deferred = auto if deferred is None else deferred
-        self.optimizer = build_optimizer(self.model, o, fused=self.device.type == "cuda" or self.deferred)
+        try:
+            self.optimizer = build_optimizer(self.model, o, fused=self.device.type == "cuda" or self.deferred)
+        except OptimizerError as e:
+            raise TrainingError(str(e)) from None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_multiplier(s, stage.max_steps, o))
         self.engine = None
@@ -339,7 +342,7 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else float("inf"))
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor over the shards
             grad_norm = grad_norm.full_tensor()
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])  # a tensor for torchao optimizers
         if self.deferred:  # no host sync: the fused optimizer skips a non-finite step on the device itself
             finite = torch.isfinite(total) & torch.isfinite(grad_norm)
             self.optimizer.found_inf = (~finite).float()
@@ -381,7 +384,7 @@ class Trainer:
         grad_norm = self.engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         finite = math.isfinite(loss_value) and bool(self.engine.was_step_applied()) and math.isfinite(grad_norm)
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])  # a tensor for torchao optimizers
         if finite and self.model_cfg.moe is not None:
             self.model.update_router_bias()
         self.scheduler.step()

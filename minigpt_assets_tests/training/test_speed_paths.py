@@ -203,3 +203,33 @@ def test_bench_train_to_loss_times_each_side_to_the_target(capsys):
     assert not unreachable[0]["reached"] and unreachable[0]["steps"] == 4 and len(unreachable[0]["curve"]) == 2
     out = capsys.readouterr().out
     assert "sooner than best hf" in out
+
+
+def test_adamw8bit_keeps_quantized_states_and_learns(tmp_path):
+    """torchao's AdamW8bit: the moments of the large matrices are 8-bit, and the model still learns to count."""
+    pytest.importorskip("torchao", reason="torchao is not installed (pip install -e '.[dev]')")
+    data = ArrayTokens(counting_corpus(), 32, EOS)
+    tr = Trainer(make_config({**MODEL, "hidden_size": 64, "num_heads": 4, "num_kv_heads": 2}),
+                 stage(max_steps=25, checkpoint_every=25, optim={"name": "adamw8bit", "lr": 1e-2, "warmup_steps": 2}),
+                 data, tmp_path, device="cpu")
+    assert not tr.deferred
+    res = tr.fit()
+    losses = [r["loss"] for r in res.metrics]
+    assert losses[-1] < losses[0] - 2.0
+    w = tr.model.model.layers[0].mlp.up_proj.weight  # 64 x 128 = 8192 values: quantized in blocks of 256
+    assert type(tr.optimizer.state[w]["exp_avg"]).__name__ == "OptimState8bit"
+
+
+@pytest.mark.slow
+def test_adamw8bit_resume_after_sigkill_is_bit_identical(tmp_path):
+    """The quantized states go through the checkpoint and come back as they were."""
+    pytest.importorskip("torchao", reason="torchao is not installed (pip install -e '.[dev]')")
+    from minigpt_assets_tests.training.test_trainer import _result, _run, _spec
+
+    opt = {"name": "adamw8bit", "lr": 1e-2, "warmup_steps": 2}
+    wide = {**MODEL, "hidden_size": 64}  # matrices of 8192 values: their moments are quantized
+    ref = _result(_run(_spec(tmp_path, tmp_path / "ref", model=wide, optim=opt)))
+    spec = _spec(tmp_path, tmp_path / "killed", model=wide, optim=opt)
+    assert _run(spec, "step:7").returncode == -9
+    res = _result(_run(spec))
+    assert res["resumed_from"] == 4 and res["losses"] == ref["losses"][4:]

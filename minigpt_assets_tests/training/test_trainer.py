@@ -108,9 +108,9 @@ def test_nonfinite_step_is_skipped_then_too_many_stop_the_run(tmp_path, monkeypa
     assert ckpt.latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step-00000008"
 
 
-def _spec(tmp_path: Path, run_dir: Path, **stage_kw) -> Path:
+def _spec(tmp_path: Path, run_dir: Path, model: dict | None = None, **stage_kw) -> Path:
     np.save(tmp_path / "tokens.npy", counting_corpus())
-    spec = {"model": MODEL, "stage": stage(**stage_kw).model_dump(mode="json"), "run_dir": str(run_dir),
+    spec = {"model": model or MODEL, "stage": stage(**stage_kw).model_dump(mode="json"), "run_dir": str(run_dir),
             "data": {"kind": "array", "path": str(tmp_path / "tokens.npy"), "seq_len": 32, "eos": EOS},
             "device": "cpu"}
     path = run_dir.with_suffix(".json")
