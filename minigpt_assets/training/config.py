@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -144,7 +144,8 @@ class StageConfig(_Strict):
     grpo: GRPOConfig = GRPOConfig()
     max_steps: int = Field(100, gt=0)
     batch_size: int = Field(16, gt=0)
-    micro_batch_size: int | None = Field(None, gt=0)
+    # auto: start at the whole per-rank batch and halve on CUDA out-of-memory until a step fits (one process)
+    micro_batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] | None = None
     optim: OptimConfig = OptimConfig()
     seed: int = 0
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -180,7 +181,7 @@ class StageConfig(_Strict):
             raise ValueError("`lora:` adapts a trained model; it does not apply to pretraining")
         if self.kind == "grpo" and self.chat is not None and self.chat.kind == "builtin" and self.chat.name != "arithmetic":
             raise ValueError(f"grpo needs tasks with checkable answers; builtin {self.chat.name} has none (use arithmetic)")
-        mb = self.micro_batch_size or self.batch_size
+        mb = self.batch_size if self.micro_batch_size in (None, "auto") else self.micro_batch_size
         if self.batch_size % mb:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({mb})")
         return self

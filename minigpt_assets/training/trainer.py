@@ -85,7 +85,12 @@ class Trainer:
         if stage.batch_size % world_size:
             raise TrainingError(f"batch_size {stage.batch_size} is not divisible by {world_size} ranks")
         self.local_batch = stage.batch_size // world_size
-        self.micro = min(stage.micro_batch_size or self.local_batch, self.local_batch)
+        # micro_batch_size auto: the whole batch first, halved on out-of-memory until a step fits (one process:
+        # ranks that retried apart would fall out of step)
+        self.autotune = stage.micro_batch_size == "auto" and world_size == 1
+        mb = None if stage.micro_batch_size == "auto" else stage.micro_batch_size
+        self.micro = min(mb or self.local_batch, self.local_batch)
+        self.eval_micro = self.micro  # the validation set's size stays what the recipe says
         if self.local_batch % self.micro:
             raise TrainingError(f"per-rank batch {self.local_batch} is not a multiple of micro_batch_size {self.micro}")
         self.dtype = self._dtype()
@@ -323,18 +328,28 @@ class Trainer:
         return Prefetcher(self.loader, pin=self.device.type == "cuda")
 
     def train_step(self, batch: dict) -> dict:
-        batch = self.objective.prepare(batch)  # GRPO samples and scores its rollouts here
+        return self._step(self.objective.prepare(batch))  # GRPO samples and scores its rollouts first
+
+    def _step(self, batch: dict) -> dict:
         self.model.train()
         n_micro = self.local_batch // self.micro
         total = torch.zeros((), device=self.device)
         if self.engine is not None:
             return self._deepspeed_step(batch, n_micro, total)
-        for m in range(n_micro):
-            with self._grad_sync(m == n_micro - 1):
-                loss, self.stats = self.objective.loss(batch, m * self.micro, (m + 1) * self.micro)
-                loss = loss / n_micro
-                loss.backward()
-            total += loss.detach()
+        try:
+            for m in range(n_micro):
+                with self._grad_sync(m == n_micro - 1):
+                    loss, self.stats = self.objective.loss(batch, m * self.micro, (m + 1) * self.micro)
+                    loss = loss / n_micro
+                    loss.backward()
+                total += loss.detach()
+        except torch.OutOfMemoryError:
+            if not self.autotune or self.micro == 1:
+                raise TrainingError(f"out of memory at micro_batch_size {self.micro} (batch {self.local_batch} per "
+                                    "rank); lower micro_batch_size, set it to auto, or turn on "
+                                    "activation_checkpointing") from None
+            return self._retry_smaller(batch)
+        self.autotune = False  # a step fitted: keep this micro-batch
         if self.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.all_reduce(total)
             total /= self.world_size
@@ -361,6 +376,19 @@ class Trainer:
         if "tokens" in batch:
             out["tokens"] = batch["tokens"]
         return out
+
+    def _retry_smaller(self, batch: dict) -> dict:
+        """After an out-of-memory error: drop the partial gradients, halve the micro-batch (to a divisor of the
+        batch) and run the step again on the same batch."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        smaller = self.micro // 2
+        while self.local_batch % smaller:
+            smaller -= 1
+        print(f"micro_batch_size auto: {self.micro} does not fit, trying {smaller}", flush=True)
+        self.micro = smaller
+        return self._step(batch)
 
     def _stats_over_ranks(self) -> dict[str, float]:
         """The objective's own numbers (reward, accuracy, KL) averaged over ranks, like the loss."""
@@ -396,7 +424,7 @@ class Trainer:
         if self.val is None or len(self.val) == 0:
             return None
         self.model.eval()
-        n = min(len(self.val), self.stage.eval_batches * self.micro)
+        n = min(len(self.val), self.stage.eval_batches * self.eval_micro)
         val_loss, self.val_stats = self.objective.evaluate(self.val, n)
         return val_loss
 

@@ -233,3 +233,38 @@ def test_adamw8bit_resume_after_sigkill_is_bit_identical(tmp_path):
     assert _run(spec, "step:7").returncode == -9
     res = _result(_run(spec))
     assert res["resumed_from"] == 4 and res["losses"] == ref["losses"][4:]
+
+
+def test_micro_batch_auto_halves_on_out_of_memory_and_keeps_the_run_exact(tmp_path, monkeypatch):
+    """A forward of more than 2 rows "runs out of memory" (simulated): auto goes 8 -> 4 -> 2 on the first step and
+    keeps 2; the losses are those of a run configured with micro-batches of 2 from the start."""
+    from minigpt_assets.training.trainer import TrainingError
+
+    data = ArrayTokens(counting_corpus(), 32, EOS)
+    fixed = Trainer(make_config(MODEL), stage(max_steps=4, checkpoint_every=4, micro_batch_size=2), data,
+                    tmp_path / "fixed", device="cpu")
+    ref = [r["loss"] for r in fixed.fit().metrics]
+
+    def tight(trainer):
+        real = trainer.objective.loss
+
+        def loss(batch, lo, hi):
+            if hi - lo > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return real(batch, lo, hi)
+
+        monkeypatch.setattr(trainer.objective, "loss", loss)
+
+    auto = Trainer(make_config(MODEL), stage(max_steps=4, checkpoint_every=4, micro_batch_size="auto"), data,
+                   tmp_path / "auto", device="cpu")
+    assert auto.micro == 8 and auto.autotune
+    tight(auto)
+    res = auto.fit()
+    assert auto.micro == 2 and not auto.autotune
+    assert np.allclose([r["loss"] for r in res.metrics], ref, rtol=1e-6)
+
+    set_ = Trainer(make_config(MODEL), stage(max_steps=4, checkpoint_every=4, micro_batch_size=4), data,
+                   tmp_path / "set", device="cpu")
+    tight(set_)
+    with pytest.raises(TrainingError, match=r"^out of memory at micro_batch_size 4 \(batch 8 per rank\); lower"):
+        set_.fit()
