@@ -126,6 +126,9 @@ class GRPOConfig(_Strict):
     top_k: int | None = Field(None, gt=0)
     beta: float = Field(0.04, ge=0)
     reward: Literal["number_match"] = "number_match"  # 1 if the last number of the answer equals the task's
+    # a control run: the advantages permuted across the batch (seeded), noise of the same size and spread, so
+    # what real advantages add over any update of that size shows
+    shuffle_advantages: bool = False
 
 
 STAGE_SLOTS = {"pretrain": 0, "sft": 1, "lora": 1, "distill": 1, "dpo": 2, "grpo": 2}

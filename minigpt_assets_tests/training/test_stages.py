@@ -254,3 +254,16 @@ def test_grpo_under_ddp_keeps_the_ranks_in_step(tmp_path):
     assert torch.equal(r0["weights"], r1["weights"])
     assert r0["rewards"] == r1["rewards"]  # the batch's mean reward over both ranks, reported the same on each
     assert len(r0["rewards"]) == 4 and (tmp_path / "run" / "checkpoints" / "step-00000004").is_dir()
+
+
+def test_grpo_shuffled_advantages_are_a_permutation(tmp_path):
+    """The control run: the same advantages, permuted across the batch, the same way on every run."""
+    base = _saved_model(tmp_path / "base")
+    out = {}
+    for shuffle in (False, True, True):
+        tr = Trainer(make_config(MODEL), _grpo_stage(max_steps=1, grpo={"shuffle_advantages": shuffle}),
+                     _ParityTasks(16), tmp_path / f"run{len(out)}", device="cpu", init_weights=base)
+        out[len(out)] = tr.objective.rollouts(tr.loader.data, [0, 1, 2, 3])["advantages"]
+    real, shuffled, again = out[0], out[1], out[2]
+    assert torch.equal(torch.sort(real).values, torch.sort(shuffled).values) and torch.equal(shuffled, again)
+    assert not torch.equal(real, shuffled)

@@ -76,7 +76,11 @@ class GRPO(Objective):
             labels[r, s0 - 1:len(x) - 1] = x[s0:]  # predict the completion tokens only
         r = torch.tensor(rewards, device=t.device).view(-1, n)
         adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4) if n > 1 else torch.zeros_like(r)
-        return {"input_ids": ids[:, :-1], "labels": labels[:, :-1], "advantages": adv.flatten(),
+        adv = adv.flatten()
+        if g.shuffle_advantages and not greedy:
+            gen = torch.Generator().manual_seed(seed % 2**63)  # the seed of the last prompt group: reproducible
+            adv = adv[torch.randperm(len(adv), generator=gen).to(adv.device)]
+        return {"input_ids": ids[:, :-1], "labels": labels[:, :-1], "advantages": adv,
                 "reward": float(r.mean()), "completion_tokens": float(np.mean(lengths)),
                 "tokens": int((labels != -100).sum() + sum(starts))}
 
