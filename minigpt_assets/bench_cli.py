@@ -4,6 +4,7 @@ pick side by side in one run (data stages, model steps, evaluation, UI backfills
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from minigpt_assets.cli_common import _fail, _settings
@@ -66,9 +67,25 @@ def _bench_train(args: argparse.Namespace, cat: Catalog, models: list[str] | Non
         mixture = (args.mixture, art.path, cat.mixtures[args.mixture].seq_len)
     if args.to_loss is not None and mixture is None:
         return _fail("bench train: --to-loss needs --mixture (its val split is what the loss is measured on)")
+    from pydantic import ValidationError
+
+    from minigpt_assets.training.config import StageConfig
+
+    try:
+        extra = json.loads(args.stage_options) if args.stage_options else {}
+        mb = extra.get("micro_batch_size") if isinstance(extra, dict) else None
+        # the fields' types and ranges (the batch each shape runs is checked in its worker)
+        StageConfig.model_validate({"kind": "pretrain", **extra, "batch_size": mb if isinstance(mb, int) and mb > 0
+                                    else 1})
+    except json.JSONDecodeError as e:
+        return _fail(f"bench train: --stage-options: not JSON ({e})")
+    except (ValidationError, TypeError) as e:
+        where = (f"{'.'.join(map(str, e.errors()[0]['loc']))}: {e.errors()[0]['msg']}"
+                 if isinstance(e, ValidationError) else str(e))
+        return _fail(f"bench train: --stage-options: {where}")
     rows = T.run_train_bench(models, recipes, args.device, args.steps, args.warmup, args.batch, args.seq, impls,
                              args.precision, Path(args.json) if args.json else None, mixture, args.to_loss,
-                             args.eval_every)
+                             args.eval_every, extra)
     return 0 if rows and all("error" not in r for r in rows) else 1
 
 
@@ -153,6 +170,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     s.add_argument("--warmup", type=int, default=5, help="train: untimed steps first (compilation happens there)")
     s.add_argument("--to-loss", type=float, help="train: wall time of each variant to this validation loss "
                                                  "(with --mixture; --steps is then the most steps)")
+    s.add_argument("--stage-options", help="train: JSON of stage fields for our variants, e.g. "
+                                           "'{\"activation_checkpointing\": true, \"optim\": {\"name\": \"adamw8bit\"}}'")
     s.add_argument("--eval-every", type=int, default=25, help="train --to-loss: steps between validation losses")
     s.add_argument("--mixture", help="train: real tokens from this materialized mixture (its seq_len) instead of "
                                      "random ones; the losses then compare what each variant learns")

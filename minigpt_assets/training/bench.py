@@ -61,7 +61,8 @@ class TrainJob:
     warmup: int
     precision: str = "default"
     doc_len: int = 512  # mean document length of the random token stream (for +docs)
-    mixture: str | None = None  # a materialized mixture's folder: real tokens instead of random ones
+    mixture: str | None = None  # a materialized mixture's folder: real tokens instead of random ones (cut into
+    # windows of `seq` when the mixture's differ)
     to_loss: float | None = None  # train until the validation loss reaches this (at most `steps` steps)
     eval_every: int = 25
     eval_batches: int = 8
@@ -104,7 +105,7 @@ def _stage(job: TrainJob):
         "checkpoint_every": 10**9, "eval_batches": job.eval_batches,
         "optim": {"lr": 3e-4, "warmup_steps": 0, "schedule": "constant",
                   "name": "muon" if job.impl.endswith("+muon") else "adamw"},
-        "seed": job.seed, **job.extra})
+        "seed": job.seed, **(job.extra if job.impl.startswith("ours") else {})})
 
 
 def run_job(d: dict) -> dict:
@@ -124,12 +125,17 @@ def run_job(d: dict) -> dict:
         from minigpt_assets.data.loader import open_mixture
 
         data = open_mixture(Path(job.mixture), "train")
+        if data.window - 1 != job.seq:  # the same real tokens, cut into windows of --seq
+            need = (job.warmup + job.steps + 2) * job.batch * (job.seq + 1)
+            stream, i = [], 0
+            while sum(map(len, stream)) < need and i < len(data):
+                stream.append(data.window_tokens(i)[0])
+                i += 1
+            data = ArrayTokens(np.concatenate(stream)[:need], job.seq, cfg.eos_token_id or 0)
     else:
         n_tokens = (job.warmup + job.steps + 2) * job.batch * (job.seq + 1)
         data = ArrayTokens(token_stream(cfg.vocab_size, n_tokens, job.doc_len, cfg.eos_token_id or 0, job.seed),
                            job.seq, cfg.eos_token_id or 0)
-    if data.window - 1 != job.seq:
-        raise ValueError(f"the mixture's windows are {data.window - 1} tokens, not --seq {job.seq}")
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     stage = _stage(job)
@@ -264,7 +270,7 @@ def _hf_loop(trainer, job: TrainJob):
 def run_train_bench(models: list[str] | None, recipes: dict, device: str | None, steps: int, warmup: int,
                     batch: int | None, seq: int | None, impls: list[str] | None, precision: str = "default",
                     out: Path | None = None, mixture: tuple[str, Path, int] | None = None,
-                    to_loss: float | None = None, eval_every: int = 25) -> list[dict]:
+                    to_loss: float | None = None, eval_every: int = 25, extra: dict | None = None) -> list[dict]:
     """Run every (shape, variant) and print the table. `recipes`: model recipe name -> config dict, for names
     that are not built-in shapes; `mixture`: (name, folder, seq_len) of real tokens to train on; `to_loss`:
     time each variant to this validation loss instead (at most `steps` steps)."""
@@ -291,10 +297,11 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
     rows = []
     for name in names:
         model, default_batch = SHAPES[name] if name in SHAPES else (recipes[name], 4)
-        s = mixture[2] if mixture else seq or (2048 if gpu else 64)
+        s = seq or (mixture[2] if mixture else 2048 if gpu else 64)
         for impl in impls:
             job = TrainJob(name, model, impl, device, batch or default_batch, s, steps, warmup, precision,
-                           mixture=str(mixture[1]) if mixture else None, to_loss=to_loss, eval_every=eval_every)
+                           mixture=str(mixture[1]) if mixture else None, to_loss=to_loss, eval_every=eval_every,
+                           extra=extra or {})
             rows.append(spawn("minigpt_assets.training.bench", asdict(job), {"model": name, "impl": impl}))
             r = rows[-1]
             done = ("error" if "error" in r else f"{r['tokens_per_s']:,.0f} tok/s" if "tokens_per_s" in r
