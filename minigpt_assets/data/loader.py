@@ -202,26 +202,30 @@ class Prefetcher:
         self.loader, self.pin = loader, pin
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._produce, args=(loader.state,), daemon=True,
                                         name="minigpt-prefetch")
         self._thread.start()
 
-    def _produce(self, state: LoaderState) -> None:
+    def _put(self, item) -> bool:
+        """Queue `item` unless the consumer closed us first (False then)."""
         import queue
 
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, state: LoaderState) -> None:
         try:
             for epoch, step, after in self.loader.schedule(state):
-                item = (after, self._pinned(self.loader.batch(epoch, step)))
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._put((after, self._pinned(self.loader.batch(epoch, step)))):
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
-            self._queue.put((None, e))
+            self._put((None, e))
 
     def _pinned(self, batch: dict) -> dict:
         if not self.pin:
@@ -235,8 +239,11 @@ class Prefetcher:
         return self
 
     def __next__(self) -> dict:
+        if self._error is not None:  # the producer has stopped: every later call raises the same error
+            raise self._error
         state, batch = self._queue.get()
         if state is None:
+            self._error = batch
             raise batch
         self.loader.state = state
         return batch

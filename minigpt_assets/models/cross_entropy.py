@@ -25,13 +25,11 @@ def chunk_tokens(vocab: int, budget: int = CHUNK_BYTES) -> int:
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int,
-                dtype: torch.dtype) -> torch.Tensor:
+                dtype: torch.dtype, needs: tuple[bool, bool]) -> torch.Tensor:
         n = hidden.shape[0]
         w = weight.to(dtype)
-        grad_h = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if hidden.requires_grad \
-            else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if weight.requires_grad \
-            else None
+        grad_h = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if needs[0] else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs[1] else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for lo in range(0, n, chunk):
             h = hidden[lo:lo + chunk].to(dtype)
@@ -61,7 +59,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
         return (grad_h * grad_out if ctx.needs[0] else None, grad_w * grad_out if ctx.needs[1] else None,
-                None, None, None)
+                None, None, None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -72,6 +70,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     autocast is on (bf16 on a GPU), else in `hidden`'s dtype; the log-sum-exp is always fp32."""
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    # which gradients to make: none under no_grad (an evaluation), even though the weight is a Parameter
+    grad = torch.is_grad_enabled()
+    needs = (grad and hidden.requires_grad, grad and weight.requires_grad)
     with torch.autocast(device, enabled=False):
         return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, labels.reshape(-1),
-                                         chunk or chunk_tokens(weight.shape[0]), dtype)
+                                         chunk or chunk_tokens(weight.shape[0]), dtype, needs)

@@ -113,7 +113,7 @@ def run_job(d: dict) -> dict:
     import numpy as np
     import torch
 
-    from minigpt_assets.data.loader import ArrayTokens, PackedLoader
+    from minigpt_assets.data.loader import ArrayTokens, PackedLoader, Prefetcher
     from minigpt_assets.models import make_config
     from minigpt_assets.training.trainer import Trainer
 
@@ -142,8 +142,8 @@ def run_job(d: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, stage, data, Path(tmp), device=job.device)
         if job.impl.startswith("hf"):
-            step, evaluate = _hf_loop(trainer, job)
-            batches = iter(PackedLoader(data, job.batch, seed=stage.seed))
+            step, evaluate = _hf_loop(trainer, job)  # fed like ours: prefetched, pinned on a GPU
+            batches = Prefetcher(PackedLoader(data, job.batch, seed=stage.seed), pin=gpu)
         else:
             step, batches, evaluate = trainer.train_step, trainer.batches(), trainer.evaluate
         if job.to_loss is not None:  # the mixture's val split (the tests: another random stream)
@@ -172,6 +172,7 @@ def run_job(d: dict) -> dict:
         sync()
         elapsed = time.perf_counter() - t_start
         params = trainer.model.num_params()
+        batches.close()
     losses = [float(x) for x in losses]
     tps = job.steps * job.batch * job.seq / elapsed
     name = torch.cuda.get_device_name(dev) if gpu else "cpu"
@@ -235,8 +236,7 @@ def _hf_loop(trainer, job: TrainJob):
     clip = o.grad_clip
 
     def step(batch: dict) -> dict:
-        ids = torch.from_numpy(batch["input_ids"]).to(trainer.device, non_blocking=True)
-        labels = torch.from_numpy(batch["labels"]).to(trainer.device, non_blocking=True)
+        ids, labels = trainer.to_device(batch["input_ids"]), trainer.to_device(batch["labels"])
         with torch.autocast(trainer.device.type, dtype=dtype, enabled=dtype != torch.float32):
             logits = run(input_ids=ids, use_cache=False).logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)

@@ -130,9 +130,15 @@ class Trainer:
         # non-finite step by itself (MoE's router update and DeepSpeed need the answer at once); on by default on
         # a GPU, where a host sync per step stalls the queue of kernels
         o = stage.optim
-        auto = (self.device.type == "cuda" and strategy in ("none", "ddp") and model_cfg.moe is None
-                and o.name == "adamw")
-        self.deferred = auto if deferred is None else deferred
+        if o.name == "muon" and strategy not in ("none", "ddp"):
+            raise TrainingError(f"optim name muon needs whole matrices (strategy none or ddp); {strategy} shards or "
+                                "flattens them")
+        if o.name == "adamw8bit" and strategy.startswith("zero"):
+            raise TrainingError(f"optim name adamw8bit does not run under DeepSpeed {strategy}; use fsdp or ddp")
+        can_defer = strategy in ("none", "ddp") and model_cfg.moe is None and o.name == "adamw"
+        if deferred and not can_defer:
+            raise ValueError("deferred steps need AdamW, no MoE router update and strategy none or ddp")
+        self.deferred = (self.device.type == "cuda" and can_defer) if deferred is None else deferred
         try:
             self.optimizer = build_optimizer(self.model, o, fused=self.device.type == "cuda" or self.deferred)
         except OptimizerError as e:
@@ -332,23 +338,13 @@ class Trainer:
 
     def _step(self, batch: dict) -> dict:
         self.model.train()
-        n_micro = self.local_batch // self.micro
-        total = torch.zeros((), device=self.device)
         if self.engine is not None:
-            return self._deepspeed_step(batch, n_micro, total)
-        try:
-            for m in range(n_micro):
-                with self._grad_sync(m == n_micro - 1):
-                    loss, self.stats = self.objective.loss(batch, m * self.micro, (m + 1) * self.micro)
-                    loss = loss / n_micro
-                    loss.backward()
-                total += loss.detach()
-        except torch.OutOfMemoryError:
-            if not self.autotune or self.micro == 1:
-                raise TrainingError(f"out of memory at micro_batch_size {self.micro} (batch {self.local_batch} per "
-                                    "rank); lower micro_batch_size, set it to auto, or turn on "
-                                    "activation_checkpointing") from None
-            return self._retry_smaller(batch)
+            n_micro = self.local_batch // self.micro
+            return self._deepspeed_step(batch, n_micro, torch.zeros((), device=self.device))
+        total = self._accumulate(batch)
+        while total is None:  # out of memory under micro_batch_size auto: the failed attempt is gone by now
+            self._shrink_micro_batch()
+            total = self._accumulate(batch)
         self.autotune = False  # a step fitted: keep this micro-batch
         if self.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.all_reduce(total)
@@ -377,10 +373,36 @@ class Trainer:
             out["tokens"] = batch["tokens"]
         return out
 
-    def _retry_smaller(self, batch: dict) -> dict:
-        """After an out-of-memory error: drop the partial gradients, halve the micro-batch (to a divisor of the
-        batch) and run the step again on the same batch."""
+    def _accumulate(self, batch: dict) -> torch.Tensor | None:
+        """Forward and backward of every micro-batch; the summed loss, or None after an out-of-memory error that
+        `micro_batch_size: auto` may retry (returning drops this frame's graph and the error's traceback, which
+        would otherwise keep the failed attempt's activations alive during the retry)."""
+        n_micro = self.local_batch // self.micro
+        total = torch.zeros((), device=self.device)
+        try:
+            for m in range(n_micro):
+                with self._grad_sync(m == n_micro - 1):
+                    loss, self.stats = self.objective.loss(batch, m * self.micro, (m + 1) * self.micro)
+                    loss = loss / n_micro
+                    loss.backward()
+                total += loss.detach()
+            return total
+        except torch.OutOfMemoryError:
+            pass
+        if not self.autotune or self.micro == 1:
+            raise TrainingError(f"out of memory at micro_batch_size {self.micro} (batch {self.local_batch} per "
+                                "rank); lower micro_batch_size, set it to auto, or turn on activation_checkpointing")
+        return None
+
+    def _shrink_micro_batch(self) -> None:
+        """Drop the failed attempt's gradients (and MoE routing counts), free the cached blocks, and halve the
+        micro-batch to a divisor of the batch."""
+        import gc
+
         self.optimizer.zero_grad(set_to_none=True)
+        for moe in self.model.moe_layers() if self.model_cfg.moe is not None else []:
+            moe.gate.tokens_per_expert.zero_()
+        gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         smaller = self.micro // 2
@@ -388,7 +410,6 @@ class Trainer:
             smaller -= 1
         print(f"micro_batch_size auto: {self.micro} does not fit, trying {smaller}", flush=True)
         self.micro = smaller
-        return self._step(batch)
 
     def _stats_over_ranks(self) -> dict[str, float]:
         """The objective's own numbers (reward, accuracy, KL) averaged over ranks, like the loss."""
@@ -425,8 +446,22 @@ class Trainer:
             return None
         self.model.eval()
         n = min(len(self.val), self.stage.eval_batches * self.eval_micro)
-        val_loss, self.val_stats = self.objective.evaluate(self.val, n)
+        result = self._evaluate_once(n)
+        while result is None:  # out of memory under micro_batch_size auto (the step-0 evaluation comes first)
+            self._shrink_micro_batch()
+            result = self._evaluate_once(n)
+        val_loss, self.val_stats = result
         return val_loss
+
+    def _evaluate_once(self, n: int) -> tuple | None:
+        try:
+            return self.objective.evaluate(self.val, n)
+        except torch.OutOfMemoryError:
+            pass
+        if not self.autotune or self.micro == 1:
+            raise TrainingError(f"out of memory evaluating at micro_batch_size {self.micro}; lower micro_batch_size "
+                                "or set it to auto")
+        return None
 
     def fit(self, max_steps: int | None = None, resume: bool = True) -> TrainResult:
         """Run until `stage.max_steps` (or `max_steps`, to stop early), checkpointing every
@@ -439,11 +474,11 @@ class Trainer:
         rows: list[dict] = []
         self._pending: list[tuple[dict, dict]] = []
         self._last_loss, val_loss = float("nan"), None
-        self._t_settled = time.perf_counter()
         window_tokens = self.stage.batch_size * (self.loader.data.window - 1)
         if start == 0 and self.stage.eval_every and self.val is not None:
             val_loss = self.evaluate()  # the starting point of the validation curve
             self._emit({"stage": self.stage.stage_name, "step": 0, "val_loss": val_loss, **self.val_stats})
+        self._t_settled = time.perf_counter()  # evaluation time is not training throughput
         it = self.batches()
         try:
             while self.step < stop:
@@ -465,6 +500,7 @@ class Trainer:
                 if evals:
                     val_loss = row["val_loss"] = self.evaluate()
                     row.update(self.val_stats)
+                    self._t_settled = time.perf_counter()
                 if logs:
                     self._emit(row)
                 if self.hook:

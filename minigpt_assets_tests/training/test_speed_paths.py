@@ -245,11 +245,18 @@ def test_micro_batch_auto_halves_on_out_of_memory_and_keeps_the_run_exact(tmp_pa
                     tmp_path / "fixed", device="cpu")
     ref = [r["loss"] for r in fixed.fit().metrics]
 
+    import weakref
+
+    held = []  # what a failed attempt allocated: it must be gone before the retry runs
+
     def tight(trainer):
         real = trainer.objective.loss
 
         def loss(batch, lo, hi):
+            assert all(r() is None for r in held), "the failed attempt's tensors are still alive"
             if hi - lo > 2:
+                activations = torch.empty(1000)
+                held.append(weakref.ref(activations))
                 raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
             return real(batch, lo, hi)
 
@@ -268,3 +275,20 @@ def test_micro_batch_auto_halves_on_out_of_memory_and_keeps_the_run_exact(tmp_pa
     tight(set_)
     with pytest.raises(TrainingError, match=r"^out of memory at micro_batch_size 4 \(batch 8 per rank\); lower"):
         set_.fit()
+
+
+def test_prefetcher_hands_over_a_loader_error_and_keeps_raising_it():
+    from minigpt_assets.data.loader import PackedLoader, Prefetcher
+
+    class Broken(PackedLoader):
+        def batch(self, epoch, step):
+            if step == 1:
+                raise ValueError("shard 3 is corrupt")
+            return super().batch(epoch, step)
+
+    pre = Prefetcher(Broken(ArrayTokens(counting_corpus(), 32, EOS), 8), depth=1)
+    next(pre)
+    for _ in range(2):  # the same error again, not a hang
+        with pytest.raises(ValueError, match="shard 3 is corrupt"):
+            next(pre)
+    pre.close()
