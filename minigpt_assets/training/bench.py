@@ -141,6 +141,7 @@ def run_job(d: dict) -> dict:
     stage = _stage(job)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, stage, data, Path(tmp), device=job.device)
+        params = trainer.model.num_params()  # before the hf side moves ours to "meta" (which unties a tied head)
         if job.impl.startswith("hf"):
             step, evaluate = _hf_loop(trainer, job)  # fed like ours: prefetched, pinned on a GPU
             batches = Prefetcher(PackedLoader(data, job.batch, seed=stage.seed), pin=gpu)
@@ -171,7 +172,6 @@ def run_job(d: dict) -> dict:
             losses.append(step(batch)["loss"])
         sync()
         elapsed = time.perf_counter() - t_start
-        params = trainer.model.num_params()
         batches.close()
     losses = [float(x) for x in losses]
     tps = job.steps * job.batch * job.seq / elapsed
