@@ -196,112 +196,17 @@ class Trainer:
             return torch.bfloat16
         return torch.float32
 
-    # -- state
-    def _trainer_state(self) -> dict:
-        return {"loader": self.loader.state_dict(), "tokens": self.tokens, "bad_steps": self.bad_steps,
-                "bad_in_a_row": self.bad_in_a_row, "stage": self.stage.stage_name}
-
-    def _full_state(self) -> tuple[dict, dict]:
-        """Unsharded model and optimizer state keyed by parameter name, the same for every strategy, so a
-        checkpoint written under FSDP resumes on one process and the other way round."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=self.strategy == "fsdp")
-        return get_state_dict(self.model, self.optimizer, options=opts)
-
+    # -- state (training/resume.py)
     def save(self) -> Path | None:
-        extras = []
-        if self.engine is not None:  # consolidated weights, plus DeepSpeed's optimizer shards from every rank
-            from minigpt_assets.training import zero
+        from minigpt_assets.training import resume
 
-            model_state, optim_state = zero.full_state_dict(self.engine, self.rank), None
-            shards = self.ckpt_root / f".deepspeed-{self.step:08d}"
-            zero.save_shards(self.engine, shards)
-            torch.distributed.barrier()
-            extras.append(lambda folder: os.rename(shards, folder / "deepspeed"))
-        else:
-            model_state, optim_state = self._full_state()  # every rank takes part in the gather
-        path = None
-        if self.rank == 0:
-            state = {"optimizer": optim_state, "scheduler": self.scheduler.state_dict()}
-            hook = (lambda point: self.hook(f"checkpoint:{point}", self.step)) if self.hook else None
-            if self.adapters is not None:  # the merged weights load anywhere; the adapter alone is kept too
-                from minigpt_assets.training import lora
-
-                adapter = lora.adapter_state_dict(model_state)
-                model_state = lora.merged_state_dict(self.model, model_state)
-                extras.append(lambda folder: lora.write_peft_adapter(folder / "adapter", self.adapters, adapter))
-            path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.model, model_state, state,
-                                        self._trainer_state(), self.stage.keep_last, hook,
-                                        lambda folder: [write(folder) for write in extras])
-        if self.world_size > 1:
-            torch.distributed.barrier()
-        return path
+        return resume.save(self)
 
     def resume(self) -> int:
         """Continue from the newest complete checkpoint, if any; returns its step (0 when starting fresh)."""
-        ckpt.clean_partial(self.ckpt_root)
-        last = ckpt.latest_checkpoint(self.ckpt_root)
-        if last is None:
-            return 0
-        model_state, optim_state, trainer, rng = ckpt.load_checkpoint(last)
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        from minigpt_assets.training import resume
 
-        if (self.engine is not None) != (optim_state["optimizer"] is None):
-            raise TrainingError(f"{last}: written {'without' if self.engine else 'with'} DeepSpeed; resume it with "
-                                "the strategy that wrote it (its weights load anywhere as init_weights)")
-        if self.engine is not None:
-            from minigpt_assets.training import zero
-
-            try:
-                zero.load_shards(self.engine, last / "deepspeed")
-            except (RuntimeError, AssertionError, ValueError, FileNotFoundError) as e:
-                raise TrainingError(f"{last}: cannot resume the DeepSpeed state on {self.world_size} ranks ({e})") \
-                    from None
-            return self._restore_loop_state(last, optim_state, trainer, rng)
-
-        own = set(self.model.state_dict())
-        if self.adapters is not None:
-            model_state = self._adapted_state(model_state, last / "adapter")
-        if self.model_cfg.tie_embeddings:
-            model_state.setdefault("lm_head.weight", model_state.get("model.embed_tokens.weight"))
-        missing, unexpected = sorted(own - set(model_state)), sorted(set(model_state) - own)
-        if missing or unexpected:
-            raise TrainingError(f"{last}: checkpoint does not fit the model (missing {missing[:3]}, "
-                                f"unexpected {unexpected[:3]})")
-        set_state_dict(self.model, self.optimizer, model_state_dict=model_state,
-                       optim_state_dict=optim_state["optimizer"],
-                       options=StateDictOptions(full_state_dict=True, strict=False))
-        return self._restore_loop_state(last, optim_state, trainer, rng)
-
-    def _restore_loop_state(self, last: Path, optim_state: dict, trainer: dict, rng: dict) -> int:
-        self.scheduler.load_state_dict(optim_state["scheduler"])
-        self.loader.load_state_dict(trainer["loader"])
-        self.step, self.tokens = trainer["step"], trainer["tokens"]
-        self.bad_steps, self.bad_in_a_row = trainer["bad_steps"], trainer["bad_in_a_row"]
-        ckpt.set_rng_state(rng)
-        self._truncate_metrics(self.step)
-        return self.step
-
-    def _adapted_state(self, merged: dict[str, torch.Tensor], adapter_dir: Path) -> dict[str, torch.Tensor]:
-        """The adapted model's full state from a LoRA checkpoint: the frozen base (the stage's starting
-        weights, which never change) under peft's `base_layer.` names, plus the saved adapter."""
-        from safetensors.torch import load_file
-
-        from minigpt_assets.models.interop import from_pretrained
-        from minigpt_assets.training.lora import ADAPTER
-
-        own = set(self.model.state_dict())
-        state = {}
-        for k, v in from_pretrained(self.init_weights).state_dict().items():
-            if k not in own:
-                module, _, leaf = k.rpartition(".")
-                k = f"{module}.base_layer.{leaf}"
-            state[k] = v
-        for k, v in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
-            module, _, leaf = k.removeprefix("base_model.model.").rpartition(".")
-            state[f"{module}.{ADAPTER}.{leaf}"] = v
-        return state
+        return resume.resume(self)
 
     # -- metrics
     @property
