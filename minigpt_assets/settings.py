@@ -75,6 +75,9 @@ class Profile(BaseModel):
     # also the `proxy` pool's limit under `minigpt ui` unless `pools` sets it
     sweep_parallel: int = Field(1, gt=0)
     workers: int | None = Field(None, gt=0)
+    # memory budget of one bucket of the dedup join (the LSH band rows are split by hash range into as many
+    # buckets as keep each under it; each bucket is joined on its own)
+    dedup_bucket_mb: int = Field(1024, gt=0)
     training: TrainingProfile = TrainingProfile()
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 from datasketch import MinHash, MinHashLSH
 
 from minigpt_assets.data.builtin_corpora import gen_synthetic_web
-from minigpt_assets.data.dedup import baseline_datasketch, build_index, removed_ids, shingles
+from minigpt_assets.data.dedup import baseline_datasketch, build_index, removed_ids
 from minigpt_assets.data.documents import make_doc_id
 from minigpt_assets.data.filters import filter_shards
+from minigpt_assets.data.minhash import shingles
 from minigpt_assets.data.sources import ingest_source
 from minigpt_assets.recipes import DedupRecipe, FilterProfile, _SourceFile
 from minigpt_assets.settings import Settings

@@ -10,6 +10,7 @@ from minigpt_assets.defs.filters import ASSET as FILTERED_ASSET
 from minigpt_assets.defs.partitions import Partitions, group_to_source, source_to_group
 from minigpt_assets.defs.resources import ProjectResource
 from minigpt_assets.recipes import Catalog
+from minigpt_assets.settings import load_profile
 
 INDEX_ASSET = "dedup_index"
 ASSET = "deduplicated_documents"
@@ -31,7 +32,7 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
                        for s in cat.group_members(group)}
             with store.stage(INDEX_ASSET, group) as st:
                 idx = build_index(members, recipe, st.path, cache_dir=project.scratch("minhash"),
-                                  workers=project.workers)
+                                  workers=project.workers, bucket_mb=load_profile().dedup_bucket_mb)
                 totals = {k: sum(v[k] for v in idx.stats.values())
                           for k in ("documents", "exact_removed", "near_removed")}
                 art = st.publish(counts={**totals, "sources": len(members), "signed_shards": idx.signed_shards},

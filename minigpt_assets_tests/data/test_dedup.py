@@ -13,10 +13,17 @@ import pyarrow.parquet as pq
 import pytest
 from datasketch import MinHash, MinHashLSH
 
-from minigpt_assets.data.dedup import (SHINGLE_HASH, apply_removals, baseline_datasketch, build_index,
-                                       exact_hash, lsh_params, normalize, removed_ids, shingles, sign_shard,
-                                       signatures)
+from minigpt_assets.data.dedup import apply_removals, baseline_datasketch, build_index, removed_ids
 from minigpt_assets.data.documents import DOCUMENT_SCHEMA, ShardWriter, document, iter_documents
+from minigpt_assets.data.minhash import (
+    SHINGLE_HASH,
+    exact_hash,
+    lsh_params,
+    normalize,
+    shingles,
+    sign_shard,
+    signatures,
+)
 from minigpt_assets.recipes import DedupRecipe
 
 R = DedupRecipe(threshold=0.7, num_perm=64, shingle_size=3)
@@ -272,3 +279,23 @@ def test_agrees_with_datasketch_baseline(tmp_path):
     shards = write_source(tmp_path, "s", [(f"{i:03d}", t) for i, t in enumerate(texts)], per_shard=25)
     idx = build_index({"s": (0, shards)}, R, tmp_path / "i", workers=2)
     assert {int(i.split("/")[1]) for i in removed_ids(idx.removed_path, "s")} == expected
+
+
+@pytest.mark.parametrize("buckets", [2, 7, 64])
+def test_bucketed_join_finds_the_same_clusters(tmp_path, three_sources, buckets):
+    """The LSH join split by band-hash range into buckets joined on their own: the same removals, clusters and
+    stats as one join (buckets of a big group included: it never spans two)."""
+    from minigpt_assets.data.dedup import bucket_count
+
+    one = build_index(three_sources, R, tmp_path / "one", cache_dir=tmp_path / "cache", buckets=1)
+    split = build_index(three_sources, R, tmp_path / "split", cache_dir=tmp_path / "cache", buckets=buckets)
+    assert pq.read_table(split.removed_path).equals(pq.read_table(one.removed_path))
+    assert pq.read_table(split.clusters_path).equals(pq.read_table(one.clusters_path))
+    assert split.stats == one.stats and sum(v["near_removed"] for v in one.stats.values()) > 0
+    base = words_doc(5)
+    docs = [(f"{i:03d}", edit(base, 1, seed=i)) for i in range(90)]
+    big = {"s": (0, write_source(tmp_path / "big", "s", docs, per_shard=30))}
+    a = build_index(big, R, tmp_path / "b1", buckets=1)
+    b = build_index(big, R, tmp_path / "b2", buckets=buckets)
+    assert pq.read_table(a.clusters_path).equals(pq.read_table(b.clusters_path))
+    assert bucket_count(10, 1) == 1 and bucket_count(2**20, 16) == 4 and bucket_count(2**20 + 1, 16) == 5
