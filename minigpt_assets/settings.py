@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,6 +19,21 @@ def quiet_openmp() -> dict[str, str]:
     1,790 instead of 1,150 tokens/s each, and no change for one run alone. It must run before torch loads."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """These environment variables set for the duration, then restored (unset again where they were unset)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def shared_cores(parallel: int) -> dict[str, str]:

@@ -393,22 +393,18 @@ def _hf_offline() -> Iterator[None]:
     import datasets.config
     import huggingface_hub.constants as hub
 
-    env = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
+    from minigpt_assets.settings import environment
+
     flags = [(datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE"), (hub, "HF_HUB_OFFLINE")]
     saved = [(mod, attr, getattr(mod, attr)) for mod, attr in flags if hasattr(mod, attr)]
-    os.environ.update({k: "1" for k in env})
     for mod, attr, _ in saved:
         setattr(mod, attr, True)
     try:
-        yield
+        with environment({"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}):
+            yield
     finally:
         for mod, attr, value in saved:
             setattr(mod, attr, value)
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _looks_local(loc: str) -> bool:

@@ -6,7 +6,6 @@ in `dagster dev` (same DAGSTER_HOME) with its metadata, checks and lineage.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from minigpt_assets.definitions import build_definitions
 from minigpt_assets.defs.partitions import Partitions
 from minigpt_assets.defs.recipe_versions import report_versions
 from minigpt_assets.recipes import Catalog
-from minigpt_assets.settings import Settings, shared_cores
+from minigpt_assets.settings import Settings, environment, shared_cores
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # we print one line per step
 
@@ -227,28 +226,13 @@ def materialize_sweep(settings: Settings, name: str, parallel: int = 1, log: Cal
     kind = cat.sweeps[name].kind
     fits = ({"mixture_search"} if kind == "mixture" else {"scaling_law"})
     # mixture_transfer trains as many runs at once, each with its share of the cores
-    with _environment({"MINIGPT_SWEEP_PARALLEL": str(parallel), **shared_cores(parallel)}):
+    with environment({"MINIGPT_SWEEP_PARALLEL": str(parallel), **shared_cores(parallel)}):
         out += materialize_graph(settings, fits, {name}, log=log, force=force)
         if kind == "mixture" and not any(not o.ok for o in out if o.asset == "mixture_search"):
             out += materialize_graph(settings, {"mixture"}, {f"{name}-searched"}, log=log, force=force)
             if cat.sweeps[name].transfer is not None:
                 out += materialize_graph(settings, {"mixture_transfer"}, {name}, log=log, force=force)
     return out
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]):
-    """These environment variables set for the duration, then restored."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def materialize_points(settings: Settings, name: str, parallel: int = 1, log: Callable[[str], None] = print,
@@ -275,7 +259,7 @@ def materialize_points(settings: Settings, name: str, parallel: int = 1, log: Ca
     # each worker (and the training it starts) gets its share of the cores: spawned children inherit this
     # environment (the pool spawns them as points are submitted), restored once the pool is done
     workers = max(1, min(settings.workers, (os.cpu_count() or 1) // parallel))
-    with _environment(shared_cores(parallel)), \
+    with environment(shared_cores(parallel)), \
             ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
         futs = {pool.submit(_point_worker, str(settings.home), str(settings.recipes), workers, k, force): k
                 for k in keys}

@@ -154,23 +154,22 @@ def run_job(d: dict) -> dict:
             trainer.val = (open_mixture(Path(job.mixture), "val") if job.mixture else ArrayTokens(
                 token_stream(cfg.vocab_size, job.eval_batches * job.batch * (job.seq + 1) + 1, job.doc_len, eos,
                              job.seed + 1), job.seq, eos))
-            return _time_to_loss(job, step, batches, evaluate, gpu, trainer.model_cfg)
+            try:
+                return _time_to_loss(job, step, batches, evaluate, gpu)
+            finally:
+                batches.close()
         waits, losses = [], []
-
-        def sync():
-            if gpu:
-                torch.cuda.synchronize()
 
         for i in range(job.warmup + job.steps):
             if i == job.warmup:
-                sync()
+                _sync(gpu)
                 t_start = time.perf_counter()
                 waits = []
             t0 = time.perf_counter()
             batch = next(batches)
             waits.append(time.perf_counter() - t0)
             losses.append(step(batch)["loss"])
-        sync()
+        _sync(gpu)
         elapsed = time.perf_counter() - t_start
         batches.close()
     losses = [float(x) for x in losses]
@@ -185,10 +184,17 @@ def run_job(d: dict) -> dict:
             "device": name}
 
 
-def _time_to_loss(job: TrainJob, step, batches, evaluate, gpu: bool, cfg) -> dict:
+def _sync(gpu: bool) -> None:
+    """Wait for the GPU's queued work, so the clock measures it."""
+    if gpu:
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _time_to_loss(job: TrainJob, step, batches, evaluate, gpu: bool) -> dict:
     """Steps from 0 until the validation loss reaches `job.to_loss`: wall seconds of training (compilation
     included, evaluation excluded), steps and tokens."""
-    import torch
 
     trained, val, curve = 0.0, None, []
     for i in range(1, job.steps + 1):
@@ -197,8 +203,7 @@ def _time_to_loss(job: TrainJob, step, batches, evaluate, gpu: bool, cfg) -> dic
         if i % job.eval_every and i != job.steps:
             trained += time.perf_counter() - t0
             continue
-        if gpu:
-            torch.cuda.synchronize()
+        _sync(gpu)
         trained += time.perf_counter() - t0
         val = evaluate()
         curve.append((i, round(trained, 2), val))

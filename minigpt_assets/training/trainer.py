@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -246,10 +246,10 @@ class Trainer:
         if self.engine is not None:
             n_micro = self.local_batch // self.micro
             return self._deepspeed_step(batch, n_micro, torch.zeros((), device=self.device))
-        total = self._accumulate(batch)
-        while total is None:  # out of memory under micro_batch_size auto: the failed attempt is gone by now
-            self._shrink_micro_batch()
-            total = self._accumulate(batch)
+        total = self._until_it_fits(
+            lambda: self._accumulate(batch),
+            lambda: f"out of memory at micro_batch_size {self.micro} (batch {self.local_batch} per rank); "
+                    "lower micro_batch_size, set it to auto, or turn on activation_checkpointing")
         self.autotune = False  # a step fitted: keep this micro-batch
         if self.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.all_reduce(total)
@@ -278,26 +278,30 @@ class Trainer:
             out["tokens"] = batch["tokens"]
         return out
 
-    def _accumulate(self, batch: dict) -> torch.Tensor | None:
-        """Forward and backward of every micro-batch; the summed loss, or None after an out-of-memory error that
-        `micro_batch_size: auto` may retry (returning drops this frame's graph and the error's traceback, which
-        would otherwise keep the failed attempt's activations alive during the retry)."""
+    def _until_it_fits(self, attempt: Callable[[], Any], message: Callable[[], str]) -> Any:
+        """`attempt()`; after an out-of-memory error under `micro_batch_size: auto`, halve the micro-batch and
+        try again, else stop with `message()`. The retry runs after the `except` block: the error's traceback
+        would otherwise keep the failed attempt's activations alive during it."""
+        while True:
+            try:
+                return attempt()
+            except torch.OutOfMemoryError:
+                pass
+            if not self.autotune or self.micro == 1:
+                raise TrainingError(message())
+            self._shrink_micro_batch()
+
+    def _accumulate(self, batch: dict) -> torch.Tensor:
+        """Forward and backward of every micro-batch; the summed loss."""
         n_micro = self.local_batch // self.micro
         total = torch.zeros((), device=self.device)
-        try:
-            for m in range(n_micro):
-                with self._grad_sync(m == n_micro - 1):
-                    loss, self.stats = self.objective.loss(batch, m * self.micro, (m + 1) * self.micro)
-                    loss = loss / n_micro
-                    loss.backward()
-                total += loss.detach()
-            return total
-        except torch.OutOfMemoryError:
-            pass
-        if not self.autotune or self.micro == 1:
-            raise TrainingError(f"out of memory at micro_batch_size {self.micro} (batch {self.local_batch} per "
-                                "rank); lower micro_batch_size, set it to auto, or turn on activation_checkpointing")
-        return None
+        for m in range(n_micro):
+            with self._grad_sync(m == n_micro - 1):
+                loss, self.stats = self.objective.loss(batch, m * self.micro, (m + 1) * self.micro)
+                loss = loss / n_micro
+                loss.backward()
+            total += loss.detach()
+        return total
 
     def _shrink_micro_batch(self) -> None:
         """Drop the failed attempt's gradients (and MoE routing counts), free the cached blocks, and halve the
@@ -351,22 +355,12 @@ class Trainer:
             return None
         self.model.eval()
         n = min(len(self.val), self.stage.eval_batches * self.eval_micro)
-        result = self._evaluate_once(n)
-        while result is None:  # out of memory under micro_batch_size auto (the step-0 evaluation comes first)
-            self._shrink_micro_batch()
-            result = self._evaluate_once(n)
-        val_loss, self.val_stats = result
+        # the step-0 evaluation comes before any step: it may be what finds the micro-batch that fits
+        val_loss, self.val_stats = self._until_it_fits(
+            lambda: self.objective.evaluate(self.val, n),
+            lambda: f"out of memory evaluating at micro_batch_size {self.micro}; "
+                    "lower micro_batch_size or set it to auto")
         return val_loss
-
-    def _evaluate_once(self, n: int) -> tuple | None:
-        try:
-            return self.objective.evaluate(self.val, n)
-        except torch.OutOfMemoryError:
-            pass
-        if not self.autotune or self.micro == 1:
-            raise TrainingError(f"out of memory evaluating at micro_batch_size {self.micro}; lower micro_batch_size "
-                                "or set it to auto")
-        return None
 
     def fit(self, max_steps: int | None = None, resume: bool = True) -> TrainResult:
         """Run until `stage.max_steps` (or `max_steps`, to stop early), checkpointing every
