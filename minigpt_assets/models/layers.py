@@ -209,6 +209,23 @@ def _mask(doc_ids, tq: int, tk: int, offset: int, device) -> torch.Tensor | None
     return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(diagonal=offset)
 
 
+FUSE_PROJECTIONS = True  # in compiled code, q/k/v and gate/up as one matmul each (off: to measure the gain)
+
+
+def _fuse(*linears: nn.Module) -> bool:
+    """Whether projections that read the same input run as one matmul: only inside torch.compile, where
+    concatenating the weights fuses with autocast's cast to bf16 (eager would copy them each step), and only for
+    plain `nn.Linear` (LoRA and float8 layers keep their own forward)."""
+    return FUSE_PROJECTIONS and torch.compiler.is_compiling() and all(type(m) is nn.Linear for m in linears)
+
+
+def _fused_linear(x: torch.Tensor, *linears: nn.Linear) -> list[torch.Tensor]:
+    """`[m(x) for m in linears]` as one matmul over the concatenated weights (the same parameters)."""
+    weight = torch.cat([m.weight for m in linears])
+    bias = None if linears[0].bias is None else torch.cat([m.bias for m in linears])
+    return list(F.linear(x, weight, bias).split([m.out_features for m in linears], dim=-1))
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -225,9 +242,13 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, doc_ids=None, cache: KVCache | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         hd = self.cfg.dim_head
-        q = self.q_proj(x).view(b, t, -1, hd)
-        k = self.k_proj(x).view(b, t, -1, hd)
-        v = self.v_proj(x).view(b, t, -1, hd)
+        if _fuse(self.q_proj, self.k_proj, self.v_proj):
+            q, k, v = _fused_linear(x, self.q_proj, self.k_proj, self.v_proj)
+            q, k, v = q.view(b, t, -1, hd), k.view(b, t, -1, hd), v.view(b, t, -1, hd)
+        else:
+            q = self.q_proj(x).view(b, t, -1, hd)
+            k = self.k_proj(x).view(b, t, -1, hd)
+            v = self.v_proj(x).view(b, t, -1, hd)
         if self.cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -249,6 +270,9 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(hidden, d, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fuse(self.gate_proj, self.up_proj):
+            gate, up = _fused_linear(x, self.gate_proj, self.up_proj)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 

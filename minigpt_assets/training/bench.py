@@ -181,6 +181,7 @@ def run_job(d: dict) -> dict:
             "params_M": params / 1e6, "batch": job.batch, "seq": job.seq, "step_ms": elapsed / job.steps * 1e3,
             "tokens_per_s": tps, "mfu": mfu, "peak_mem_GB": (torch.cuda.max_memory_allocated(dev) / 2**30) if gpu
             else None, "data_wait": float(np.sum(waits)) / elapsed, "first_loss": losses[0], "last_loss": losses[-1],
+            "tail_loss": float(np.mean(losses[-10:])),
             "device": name}
 
 
@@ -326,7 +327,7 @@ def table(rows: list[dict]) -> tuple[list[str], list[tuple]]:
         if r.get("impl", "").startswith("hf") and "error" not in r:
             best[r["model"]] = max(best.get(r["model"], 0.0), r["tokens_per_s"])
     cols = ["model", "impl", "params", "batch x seq", "step ms", "tokens/s", "MFU", "peak GB", "data wait",
-            "vs best hf", "loss first/last"]
+            "vs best hf", "loss first/last/mean of last 10"]
     out = []
     for r in rows:
         if "error" in r:
@@ -336,7 +337,7 @@ def table(rows: list[dict]) -> tuple[list[str], list[tuple]]:
         out.append((r["model"], r["impl"], f"{r['params_M']:.1f}M", f"{r['batch']}x{r['seq']}", f"{r['step_ms']:.1f}",
                     f"{r['tokens_per_s']:,.0f}", f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a",
                     f"{r['peak_mem_GB']:.1f}" if r["peak_mem_GB"] is not None else "n/a", f"{r['data_wait']:.2%}",
-                    f"{r['tokens_per_s'] / ref:.2f}x" if ref else "", f"{r['first_loss']:.3f}/{r['last_loss']:.3f}"))
+                    f"{r['tokens_per_s'] / ref:.2f}x" if ref else "", f"{r['first_loss']:.3f}/{r['last_loss']:.3f}/{r['tail_loss']:.3f}"))
     return cols, out
 
 

@@ -53,8 +53,49 @@ def test_linear_cross_entropy_fp32_and_every_label_ignored():
     assert float(none.detach()) == 0.0 and torch.autograd.grad(none, [h])[0].abs().max() == 0
 
 
+def test_the_compiled_chunk_is_one_graph_with_the_plain_results():
+    from minigpt_assets.models.cross_entropy import _chunk_math
+
+    torch.manual_seed(2)
+    h, w = torch.randn(24, 8), torch.randn(30, 8)
+    y = torch.randint(0, 30, (24,))
+    y[:5] = -100
+    traced = torch.compile(_chunk_math, backend="aot_eager", dynamic=False, fullgraph=True)
+    for want in (True, False):
+        (l1, g1), (l2, g2) = traced(h, w, y, want), _chunk_math(h, w, y, want)
+        assert torch.allclose(l1, l2) and (g1 is None) == (g2 is None) == (not want)
+    assert torch.allclose(traced(h, w, y, True)[1], _chunk_math(h, w, y, True)[1]) and g2 is None
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_compiled_blocks_fuse_projections_with_the_same_results(family):
+    """Inside torch.compile q/k/v and gate/up run as one matmul each (aot_eager: the traced graph, no kernels)."""
+    from minigpt_assets.models import build_model, layers
+
+    torch.manual_seed(3)
+    model = build_model(make_config({**MODEL, "family": family}))
+    ids = torch.randint(1, 64, (2, 16))
+    fused = []
+    real = layers._fused_linear
+    layers._fused_linear = lambda x, *ms: fused.append(len(ms)) or real(x, *ms)
+    try:
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+        out = compiled(ids, labels=ids)
+        grads = torch.autograd.grad(out, list(model.parameters()))
+    finally:
+        layers._fused_linear = real
+    assert sorted(set(fused)) == [2, 3]  # gate/up and q/k/v (qwen2: with their biases)
+    ref = model(ids, labels=ids)
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()))
+    assert torch.allclose(out, ref, rtol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, ref_grads))
+
+
 def test_chunk_size_bounds_the_fp32_logits():
     assert chunk_tokens(128_256) == 523 and chunk_tokens(32_000) == 2097 and chunk_tokens(10**9) == 64
+    from minigpt_assets.models.cross_entropy import _default_chunk
+
+    assert _default_chunk(128_256, gpu=True) == 4185 and _default_chunk(128_256, gpu=False) == 523
 
 
 def test_fused_training_follows_the_plain_loss(tmp_path):
