@@ -54,10 +54,19 @@ def _run_graph(args: argparse.Namespace, select: set[str] | None, partitions: se
         Catalog.load_or_raise(settings.recipes)
     except RecipeError as e:
         return _fail(str(e).splitlines())
+    from minigpt_assets.data.engine import EngineError, get_engine
     from minigpt_assets.defs.runner import materialize_graph
+    from minigpt_assets.settings import data_engine_config
 
+    if getattr(args, "engine", None):
+        os.environ["MINIGPT_DATA_ENGINE"] = args.engine  # the run's assets read it (profile `data: engine`)
+    try:  # a cluster that does not answer stops here, before any work
+        engine = get_engine(data_engine_config(settings.workers))
+    except EngineError as e:
+        return _fail([str(e)])
     t0 = time.time()
-    print(f"materializing into {settings.home} (recipes: {settings.recipes}, workers: {settings.workers})")
+    print(f"materializing into {settings.home} (recipes: {settings.recipes}, data engine: {engine.name}, "
+          f"{engine.parallelism} tasks at once)")
     outcomes = materialize_graph(settings, select, partitions, force=force, exclude=exclude)
     failed = [o for o in outcomes if not o.ok]
     fresh = [o for o in outcomes if o.fresh]
@@ -346,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", parents=[common],
                        help="the data graph, the demo model on every demo mixture, its scores and the comparison")
     s.add_argument("--no-train", action="store_true", help="stop after the data graph")
+    s.add_argument("--engine", choices=["local", "ray"], help="where per-shard data tasks run (default: the "
+                   "profile's data: engine); ray without an address in the profile starts a local Ray instance")
     s.set_defaults(func=cmd_demo)
     s = sub.add_parser("evaluate", parents=[common], help="run the eval recipes on one run's checkpoint or a model folder")
     s.add_argument("--experiment")
@@ -373,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--select", help="comma-separated asset names")
     s.add_argument("--partition", help="comma-separated partition keys")
     s.add_argument("--force", action="store_true", help="also run partitions that are fresh")
+    s.add_argument("--engine", choices=["local", "ray"], help="where per-shard data tasks run (default: the "
+                   "profile's data: engine); ray without an address in the profile starts a local Ray instance")
     s.set_defaults(func=cmd_materialize)
     s = sub.add_parser("sql", parents=[common], help="query the DuckDB stats database")
     s.add_argument("query")

@@ -79,6 +79,20 @@ class TrainingProfile(BaseModel):
     wandb: WandbSettings = WandbSettings()
 
 
+class DataProfile(BaseModel):
+    """Where the data half's per-shard tasks run (`minigpt materialize/demo --engine` overrides `engine`).
+
+    `local`: `workers` processes on this machine. `ray`: one Ray task per shard on the cluster at `address`
+    (host:port of `ray start --head`; none: a local Ray instance is started), `cpus_per_task` CPUs each, a task
+    whose worker dies retried `max_retries` times. On a cluster MINIGPT_HOME must be a shared filesystem."""
+
+    model_config = ConfigDict(extra="forbid")
+    engine: Literal["local", "ray"] = "local"
+    address: str | None = None
+    cpus_per_task: float = Field(1.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+
+
 class Profile(BaseModel):
     """A deployment profile from resources/<name>.yaml: how runs execute on this kind of machine."""
 
@@ -94,6 +108,7 @@ class Profile(BaseModel):
     # memory budget of one bucket of the dedup join (the LSH band rows are split by hash range into as many
     # buckets as keep each under it; each bucket is joined on its own)
     dedup_bucket_mb: int = Field(1024, gt=0)
+    data: DataProfile = DataProfile()
     training: TrainingProfile = TrainingProfile()
 
 
@@ -113,6 +128,19 @@ def load_profile(name: str | None = None) -> Profile:
         raise RecipeError(_format_validation(str(path), e)) from None
     except yaml.YAMLError as e:
         raise RecipeError([RecipeProblem(file=str(path), field="", message=f"invalid YAML: {e}")]) from None
+
+
+def data_engine_config(workers: int):
+    """The data engine's settings: the profile's `data:` block, MINIGPT_DATA_ENGINE (`--engine`) over its
+    engine, `workers` local processes."""
+    from minigpt_assets.data.engine import EngineConfig
+
+    name = os.environ.get("MINIGPT_PROFILE") or "local"
+    d = load_profile().data
+    env = {k: os.environ[k] for k in ("MINIGPT_HOME", "MINIGPT_RECIPES", "MINIGPT_PROFILE") if k in os.environ}
+    return EngineConfig(engine=os.environ.get("MINIGPT_DATA_ENGINE") or d.engine, address=d.address,
+                        cpus_per_task=d.cpus_per_task, max_retries=d.max_retries, workers=workers, profile=name,
+                        env=env)
 
 
 def sweep_parallel() -> int:

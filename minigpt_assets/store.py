@@ -70,6 +70,13 @@ class Artifact:
         return [self.path / f["path"] for f in self.manifest["files"]
                 if f["path"].endswith(suffix) and f["path"].startswith(prefix)]
 
+    def expected(self, suffix: str = "", prefix: str = "") -> dict:
+        """Absolute path -> size and sha256 of the files `files()` lists, for the data tasks to check."""
+        from minigpt_assets.data.engine import Expected
+
+        return {str(self.path / f["path"]): Expected(f["bytes"], f["sha256"]) for f in self.manifest["files"]
+                if f["path"].endswith(suffix) and f["path"].startswith(prefix)}
+
     def verify(self) -> list[str]:
         """Problems found re-hashing every file against the manifest (empty list: all good)."""
         problems = []

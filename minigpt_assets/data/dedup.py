@@ -1,10 +1,11 @@
 """Exact and MinHash-LSH near-duplicate removal across sources: parallel cached signing (`minhash.py`), then
 the global join in DuckDB.
 
-Design: signing is the expensive part and embarrassingly parallel, so it runs per shard in worker processes
-and is cached by the shard's sha256. Everything global (exact-hash groups, LSH band buckets, candidate pairs,
-keeper ranking, outputs) runs in DuckDB, which works in bounded memory and spills to disk. Python only holds
-the documents that share a bucket (for verification and union-find)."""
+Design: signing is the expensive part and embarrassingly parallel, so it runs per shard as data-engine tasks
+(local processes or Ray) and is cached by the shard's sha256. The LSH join is split by band-hash range into
+buckets, each joined by a task of its own (DuckDB inside); everything else global (exact-hash groups, keeper
+ranking, outputs) runs in DuckDB, which works in bounded memory and spills to disk. Python only holds the
+candidate pairs (for verification and union-find). Removal is one task per input shard."""
 
 from __future__ import annotations
 
@@ -21,14 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from minigpt_assets.data.documents import DOCUMENT_SCHEMA, ShardInfo, iter_batches
-from minigpt_assets.data.minhash import (
-    _sign_all,
-    _to_arrow,
-    _to_numpy,
-    lsh_params,
-    shingles,
-    signature_key,
-)
+from minigpt_assets.data.engine import Engine, EngineConfig, Expected
+from minigpt_assets.data.minhash import _to_arrow, _to_numpy, lsh_params, shingles, sign_all, signature_key
 from minigpt_assets.store import sha256_file
 
 if TYPE_CHECKING:  # not imported at run time: signing workers start without pydantic
@@ -105,13 +100,17 @@ def _verify(con, scan: str, pa_: np.ndarray, pb: np.ndarray, recipe: DedupRecipe
 
 def build_index(members: dict[str, tuple[int, list[Path]]], recipe: DedupRecipe, work_dir: Path,
                 cache_dir: Path | None = None, workers: int = 1, bucket_mb: int = 1024,
-                buckets: int | None = None) -> DedupIndex:
+                buckets: int | None = None, engine: Engine | None = None,
+                expected: dict[str, Expected] | None = None) -> DedupIndex:
     """Sign every shard (parallel, cached by content), then find exact and near-duplicate clusters in DuckDB.
 
     members: source -> (priority, shard paths). In each cluster one document is kept: highest priority, then
     source name, then id. Writes work_dir/removed.parquet and work_dir/clusters.parquet. The candidate pairs
     come from `buckets` independent joins over ranges of the band hashes (default: as many as keep each one's
-    rows under `bucket_mb`); the clusters do not depend on the count.
+    rows under `bucket_mb`); the clusters do not depend on the count. Signing and the buckets' joins are tasks
+    of `engine` (`workers` local processes when none is given); `expected` (shard path -> size and sha256 from
+    its manifest) names the signature cache entries without re-reading the shards here, and each signing task
+    checks its shard against it.
     """
     import duckdb
 
@@ -125,19 +124,21 @@ def build_index(members: dict[str, tuple[int, list[Path]]], recipe: DedupRecipe,
     for source in sorted(members):
         prio, shards = members[source]
         for shard in shards:
-            sig_file = cache / f"{sha256_file(Path(shard))}.parquet"
+            exp = (expected or {}).get(str(shard))
+            sig_file = cache / f"{exp.sha256 if exp else sha256_file(Path(shard))}.parquet"
             entries.append((source, int(prio), sig_file))
             if sig_file.exists():
                 cache_hits += 1
             else:
                 todo.setdefault(sig_file, Path(shard))
-    _sign_all([(s, o) for o, s in todo.items()], recipe, workers)
+    engine = engine or Engine(EngineConfig(workers=workers))
+    sign_all([(s, o) for o, s in todo.items()], recipe, engine, expected)
 
     tmp_dir = work_dir / f".duckdb-{uuid.uuid4().hex[:8]}"
     con = duckdb.connect(":memory:")
     try:
         con.execute(f"SET temp_directory={_sql_str(tmp_dir)}")
-        stats = _join(con, entries, recipe, work_dir, tmp_dir, bucket_mb, buckets)
+        stats = _join(con, entries, recipe, work_dir, tmp_dir, bucket_mb, buckets, engine)
     finally:
         con.close()
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -151,7 +152,8 @@ def build_index(members: dict[str, tuple[int, list[Path]]], recipe: DedupRecipe,
 
 
 def _join(con, entries: list[tuple[str, int, Path]], recipe: DedupRecipe, work_dir: Path, tmp_dir: Path,
-          bucket_mb: int = 1024, buckets: int | None = None) -> dict[str, dict[str, int]]:
+          bucket_mb: int = 1024, buckets: int | None = None, engine: Engine | None = None
+          ) -> dict[str, dict[str, int]]:
     """Exact groups, LSH buckets, verified components, the output files: all but union-find in DuckDB."""
     bands, _ = lsh_params(recipe.threshold, recipe.num_perm)
     con.execute("CREATE TABLE files (fidx BIGINT, filename VARCHAR, source VARCHAR, prio BIGINT)")
@@ -176,9 +178,13 @@ def _join(con, entries: list[tuple[str, int, Path]], recipe: DedupRecipe, work_d
         FROM docs d WHERE {'true' if recipe.exact else 'false'}
           AND d.exact IN (SELECT exact FROM docs GROUP BY exact HAVING count(*) > 1)""")
     if recipe.near:
-        _near(con, scan, bands, recipe, rank, tmp_dir, bucket_mb, buckets)
+        _near(con, scan, bands, recipe, rank, tmp_dir, bucket_mb, buckets, engine)
     removed_path, clusters_path = work_dir / "removed.parquet", work_dir / "clusters.parquet"
-    con.execute(f"COPY (SELECT source, id, kind, cluster FROM members WHERE NOT kept ORDER BY source, id) "
+    # each removed document names the sha256 of the shard it is in (its signature file's name), so a removal
+    # task reads only its own shard's rows
+    con.execute(f"COPY (SELECT m.source, m.id, m.kind, m.cluster, "
+                f"regexp_extract(f.filename, '([0-9a-f]{{64}})\\.parquet$', 1) AS shard FROM members m "
+                f"JOIN files f ON (m.key >> 32) = f.fidx WHERE NOT m.kept ORDER BY m.source, m.id) "
                 f"TO {_sql_str(removed_path)} (FORMAT parquet)")
     con.execute(f"COPY (SELECT cluster, kind, source, id, kept FROM members "
                 f"ORDER BY cluster, kept DESC, source, id) TO {_sql_str(clusters_path)} (FORMAT parquet)")
@@ -202,40 +208,74 @@ def bucket_count(rows: int, bucket_mb: int) -> int:
     return max(1, -(-rows * _ROW_BYTES // (bucket_mb * 2**20)))
 
 
-def candidate_pairs(con, buckets: int) -> tuple[np.ndarray, np.ndarray]:
+def _pairs_sql(rows: str) -> str:
+    return f"""
+        WITH shared AS (SELECT band, h FROM {rows} GROUP BY band, h HAVING count(*) > 1),
+             g AS (SELECT list(key ORDER BY key) AS ks FROM {rows} SEMI JOIN shared USING (band, h)
+                   GROUP BY band, h),
+             m AS (SELECT ks, unnest(ks) AS k1, generate_subscripts(ks, 1) AS i FROM g),
+             p AS (SELECT k1, unnest(CASE WHEN len(ks) <= {_BIG_BUCKET} THEN ks[i + 1:]
+                                          ELSE [ks[1], ks[i + 1]] END) AS k2 FROM m)
+        SELECT DISTINCT least(k1, k2) AS a, greatest(k1, k2) AS b FROM p
+        WHERE k2 IS NOT NULL AND k1 <> k2"""
+
+
+def _pairs(con, rows: str) -> np.ndarray:
+    p = con.sql(_pairs_sql(rows)).fetchnumpy()
+    return np.stack([np.asarray(p["a"], dtype=np.int64), np.asarray(p["b"], dtype=np.int64)], axis=1)
+
+
+def bucket_pairs(folder: str) -> np.ndarray:
+    """One bucket's candidate pairs [n, 2], joined on its own (an engine task: its own DuckDB, its own files)."""
+    import duckdb
+
+    files = sorted(Path(folder).glob("*.parquet"))
+    if not files:
+        return np.zeros((0, 2), dtype=np.int64)
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET threads=1")  # one task, one core: the engine runs the buckets side by side
+        return _pairs(con, f"read_parquet([{', '.join(_sql_str(f) for f in files)}])")
+    finally:
+        con.close()
+
+
+def candidate_pairs(con, buckets: int, engine: Engine | None = None, tmp_dir: Path | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Candidate pairs (a < b, sorted) of the documents that share a (band, hash) in table `band_rows`: all
-    pairs inside small groups, star + chain (enough for the components, linear in size) inside big ones. Each
-    bucket takes the groups whose band hash falls in its range and is joined on its own (a task of its own on
-    a cluster); a group never spans buckets, so the union of the buckets' pairs is the single join's."""
-    parts = []
-    for k in range(buckets):
-        rows = (f"(SELECT * FROM band_rows WHERE hash(band, h) % {buckets} = {k})" if buckets > 1
-                else "band_rows")
-        p = con.sql(f"""
-            WITH shared AS (SELECT band, h FROM {rows} GROUP BY band, h HAVING count(*) > 1),
-                 g AS (SELECT list(key ORDER BY key) AS ks FROM {rows} SEMI JOIN shared USING (band, h)
-                       GROUP BY band, h),
-                 m AS (SELECT ks, unnest(ks) AS k1, generate_subscripts(ks, 1) AS i FROM g),
-                 p AS (SELECT k1, unnest(CASE WHEN len(ks) <= {_BIG_BUCKET} THEN ks[i + 1:]
-                                              ELSE [ks[1], ks[i + 1]] END) AS k2 FROM m)
-            SELECT DISTINCT least(k1, k2) AS a, greatest(k1, k2) AS b FROM p
-            WHERE k2 IS NOT NULL AND k1 <> k2""").fetchnumpy()
-        parts.append(np.stack([np.asarray(p["a"], dtype=np.int64), np.asarray(p["b"], dtype=np.int64)],
-                              axis=1))
+    pairs inside small groups, star + chain (enough for the components, linear in size) inside big ones.
+
+    With several buckets, the band rows are written to one folder per bucket (by their band hash) and each
+    bucket is joined by an engine task of its own (`bucket_pairs`); a group never spans buckets, so the union
+    of the buckets' pairs is the single join's."""
+    if buckets <= 1:
+        parts = [_pairs(con, "band_rows")]
+    else:
+        folder = Path(tmp_dir or ".") / f"band-buckets-{uuid.uuid4().hex[:8]}"
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            con.execute(f"COPY (SELECT key, band, h, hash(band, h) % {buckets} AS bucket FROM band_rows) "
+                        f"TO {_sql_str(folder)} (FORMAT parquet, PARTITION_BY (bucket))")
+            engine = engine or Engine(EngineConfig())
+            dirs = [str(folder / f"bucket={k}") for k in range(buckets)]
+            parts = engine.map(bucket_pairs, [(d,) for d in dirs], [f"bucket {k}" for k in range(buckets)],
+                               "dedup join")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     pairs = np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
     pairs = np.unique(pairs, axis=0) if len(pairs) else pairs  # a pair may share several bands: once, sorted
     return pairs[:, 0].copy(), pairs[:, 1].copy()
 
 
 def _near(con, scan: str, bands: int, recipe: DedupRecipe, rank: str, tmp_dir: Path, bucket_mb: int = 1024,
-          buckets: int | None = None) -> None:
+          buckets: int | None = None, engine: Engine | None = None) -> None:
     """Candidate pairs from shared (band, hash) buckets, verification, components, a keeper per component."""
     # (band, hash) of every document not removed as an exact duplicate
     con.execute(f"""CREATE TABLE band_rows AS
         SELECT key, unnest(bands) AS h, generate_subscripts(bands, 1) AS band FROM ({scan})
         WHERE key NOT IN (SELECT key FROM members WHERE NOT kept)""")
     n_rows = con.execute("SELECT count(*) FROM band_rows").fetchall()[0][0]
-    a, b = candidate_pairs(con, buckets or bucket_count(n_rows, bucket_mb))
+    a, b = candidate_pairs(con, buckets or bucket_count(n_rows, bucket_mb), engine, tmp_dir)
     con.execute("DROP TABLE band_rows")
     if len(a) and recipe.verify_candidates:
         keep = _verify(con, scan, a, b, recipe, tmp_dir)
@@ -253,17 +293,20 @@ def _near(con, scan: str, bands: int, recipe: DedupRecipe, rank: str, tmp_dir: P
 
 
 # ---------------------------------------------------------------------------------------- applying
-def removed_ids(index_removed_path: Path, source: str) -> set[str]:
-    """Ids of one source's documents that the index removed."""
-    t = pq.read_table(index_removed_path, columns=["source", "id"], filters=[("source", "=", source)])
+def removed_ids(index_removed_path: Path, source: str, shard: str | None = None) -> set[str]:
+    """Ids of one source's documents that the index removed (of one shard, by its sha256, when given)."""
+    filters = [("source", "=", source)] + ([("shard", "=", shard)] if shard is not None else [])
+    t = pq.read_table(index_removed_path, columns=["id"], filters=filters)
     return set(t.column("id").to_pylist())
 
 
-def apply_removals(in_paths: list[Path], removed: set[str], out_dir: Path,
-                   shard_documents: int = 20_000) -> tuple[list[ShardInfo], int, int]:
-    """Stream shards to out_dir/shard-NNNNN.parquet minus the removed ids, in order: (shards, docs, bytes)."""
+def _remove_shard(index: int, path: str, removed_path: str | None, source: str, sha: str | None, out_dir: str,
+                  shard_documents: int) -> list[ShardInfo]:
+    """One input shard minus its removed ids, into `shard-<index>-<k>.parquet`, in order."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    removed = set()
+    if removed_path is not None:
+        removed = removed_ids(Path(removed_path), source, sha or sha256_file(Path(path)))
     drop = pa.array(sorted(removed), pa.string())
     names = DOCUMENT_SCHEMA.names
     shards: list[ShardInfo] = []
@@ -275,15 +318,15 @@ def apply_removals(in_paths: list[Path], removed: set[str], out_dir: Path,
         if not buffered:
             return
         table = pa.Table.from_batches(buf, schema=DOCUMENT_SCHEMA)
-        path = out_dir / f"shard-{len(shards):05d}.parquet"
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        out = out_dir / f"shard-{index:05d}-{len(shards):05d}.parquet"
+        tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
+        os.replace(tmp, out)
         nbytes = int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0)
-        shards.append(ShardInfo(path, table.num_rows, nbytes))
+        shards.append(ShardInfo(out, table.num_rows, nbytes))
         buf, buffered = [], 0
 
-    for batch in iter_batches(in_paths, batch_size=4096):
+    for batch in iter_batches([Path(path)], batch_size=4096):
         batch = pa.RecordBatch.from_arrays([batch.column(n) for n in names], schema=DOCUMENT_SCHEMA)
         if len(drop):
             batch = batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=drop)))
@@ -295,10 +338,27 @@ def apply_removals(in_paths: list[Path], removed: set[str], out_dir: Path,
             if buffered >= shard_documents:
                 flush()
     flush()
+    return shards
+
+
+def apply_removals(in_paths: list[Path], removed_path: Path | None, source: str, out_dir: Path,
+                   shard_documents: int = 20_000, engine: Engine | None = None,
+                   expected: dict[str, Expected] | None = None) -> tuple[list[ShardInfo], int, int]:
+    """Each input shard i minus the ids the index (`removed_path`, None: none) removed from `source`, into
+    out_dir/shard-<i>-<k>.parquet in order, one engine task per shard: (shards, docs, bytes)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    engine = engine or Engine(EngineConfig())
+    exp = expected or {}
+    tasks = [(i, str(p), str(removed_path) if removed_path else None, source,
+              exp[str(p)].sha256 if str(p) in exp else None, str(out_dir), shard_documents)
+             for i, p in enumerate(in_paths)]
+    outs = engine.map(_remove_shard, tasks, [str(p) for p in in_paths], "dedup removal",
+                      [[(str(p), exp.get(str(p)))] for p in in_paths])
+    shards = [s for o in outs for s in o]
     return shards, sum(s.documents for s in shards), sum(s.bytes for s in shards)
 
 
-# ---------------------------------------------------------------------------------------- baseline
 def baseline_datasketch(texts: list[str], recipe: DedupRecipe) -> set[int]:
     """What a user writes by hand: datasketch MinHash (default sha1 hashfunc) per doc, fed shingle by shingle,
     then MinHashLSH: a document matching an earlier kept one is removed. Returns the removed indices."""

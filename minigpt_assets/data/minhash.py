@@ -1,7 +1,7 @@
 """MinHash signatures of documents, bit-identical to
 `datasketch.MinHash(num_perm, seed, hashfunc=SHINGLE_HASH)`: normalize, shingle, hash, permute and take the
-minimum, vectorized over the documents of a shard. Also LSH band hashes, and the signing of shards in worker
-processes, cached by each shard's sha256 so an unchanged shard is never signed again. `dedup.py` joins the
+minimum, vectorized over the documents of a shard. Also LSH band hashes, and the signing of shards as data-engine
+tasks, cached by each shard's sha256 so an unchanged shard is never signed again. `dedup.py` joins the
 signatures. datasketch (which pulls in scipy) and the recipe models are imported lazily, so signing workers
 start fast."""
 
@@ -11,12 +11,10 @@ import functools
 import hashlib
 import itertools
 import json
-import multiprocessing
 import os
 import re
 import unicodedata
 import uuid
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +24,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from minigpt_assets.data.documents import iter_batches
+from minigpt_assets.data.engine import Engine, Expected
 
 if TYPE_CHECKING:  # not imported at run time: signing workers start without pydantic
     from minigpt_assets.recipes import DedupRecipe
@@ -234,8 +233,9 @@ def signature_schema(num_perm: int, bands: int) -> pa.Schema:
                       ("sig", pa.list_(pa.uint32(), num_perm))])
 
 
-def _sign(shard: Path, out: Path, num_perm: int, seed: int, k: int, perms: tuple[np.ndarray, np.ndarray],
-          bands: int, rows: int) -> int:
+def _sign(shard: str | Path, out: str | Path, num_perm: int, seed: int, k: int,
+          perms: tuple[np.ndarray, np.ndarray], bands: int, rows: int) -> int:
+    shard, out = Path(shard), Path(out)
     schema = signature_schema(num_perm, bands)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
@@ -270,11 +270,6 @@ def sign_shard(shard: Path, recipe: DedupRecipe, out: Path) -> int:
                  _permutations(recipe.num_perm, recipe.seed), bands, rows)
 
 
-def _sign_task(args: tuple) -> int:
-    shard, out, *params = args
-    return _sign(Path(shard), Path(out), *params)
-
-
 def signature_key(recipe: DedupRecipe) -> str:
     """Cache folder name: a hash of all a signature file depends on (not the exact/near/verify switches)."""
     bands, rows = lsh_params(recipe.threshold, recipe.num_perm)
@@ -283,30 +278,17 @@ def signature_key(recipe: DedupRecipe) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _sign_all(todo: list[tuple[Path, Path]], recipe: DedupRecipe, workers: int) -> None:
-    """Sign (shard, out) pairs with `workers` concurrent signers: this process plus workers - 1 processes."""
+def sign_all(todo: list[tuple[Path, Path]], recipe: DedupRecipe, engine: Engine,
+             expected: dict[str, Expected] | None = None) -> None:
+    """Sign (shard, out) pairs, one engine task each, largest shard first (better balance)."""
     bands, rows = lsh_params(recipe.threshold, recipe.num_perm)
     params = (recipe.num_perm, recipe.seed, recipe.shingle_size, _permutations(recipe.num_perm, recipe.seed),
               bands, rows)
-    tasks = [(str(s), str(o), *params)
-             for s, o in sorted(todo, key=lambda t: -os.path.getsize(t[0]))]  # largest first: better balance
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = min(workers, len(tasks), cpus)
-    if workers <= 1:
-        for t in tasks:
-            _sign_task(t)
-        return
-    # forkserver: safe next to threads in the parent (DuckDB, Arrow, Dagster); workers fork from a server that
-    # has this module imported already. The caller signs too, from the other end of the list, taking every
-    # task no worker has started: it works while the server starts, so small jobs never wait for processes.
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
-    with ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx) as pool:
-        futures = [pool.submit(_sign_task, t) for t in tasks]
-        for fut, task in zip(reversed(futures), reversed(tasks)):
-            if not fut.cancel():  # a worker has it, and every task before it
-                break
-            _sign_task(task)
-        for fut in futures:
-            if not fut.cancelled():
-                fut.result()
+    todo = sorted(todo, key=lambda t: -_size(t[0], expected))
+    engine.map(_sign, [(str(s), str(o), *params) for s, o in todo], [str(s) for s, _ in todo], "MinHash signing",
+               [[(str(s), (expected or {}).get(str(s)))] for s, _ in todo])
+
+
+def _size(path: Path, expected: dict[str, Expected] | None) -> int:
+    exp = (expected or {}).get(str(path))
+    return exp.bytes if exp is not None else os.path.getsize(path)

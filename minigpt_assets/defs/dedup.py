@@ -4,7 +4,7 @@
 import dagster as dg
 import pyarrow.parquet as pq
 
-from minigpt_assets.data.dedup import apply_removals, build_index, removed_ids
+from minigpt_assets.data.dedup import apply_removals, build_index
 from minigpt_assets.defs.common import artifact_checks, artifact_result, data_asset, preview_markdown
 from minigpt_assets.defs.filters import ASSET as FILTERED_ASSET
 from minigpt_assets.defs.partitions import Partitions, group_to_source, source_to_group
@@ -21,18 +21,21 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
     deps: list = [FILTERED_ASSET, recipe_assets["source_recipe"]]
     if parts.dedup_groups is not None:
         @data_asset(INDEX_ASSET, parts.dedup_groups, [recipe_assets["dedup_recipe"],
-                    dg.AssetDep(FILTERED_ASSET, partition_mapping=source_to_group(cat))], "duckdb")
+                    dg.AssetDep(FILTERED_ASSET, partition_mapping=source_to_group(cat))], "duckdb",
+                    version=2)  # v2: removed.parquet names each document's shard
         def dedup_index(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
             """Sign every filtered shard of the group's sources (parallel, cached), then join exact and LSH buckets."""
             group = context.partition_key
             cat = project.catalog()
             recipe = cat.dedup[group]
             store = project.store()
-            members = {s: (cat.sources[s].dedup.priority, store.require(FILTERED_ASSET, s).files(".parquet", "shard"))
-                       for s in cat.group_members(group)}
+            inputs = {s: store.require(FILTERED_ASSET, s) for s in cat.group_members(group)}
+            members = {s: (cat.sources[s].dedup.priority, a.files(".parquet", "shard")) for s, a in inputs.items()}
+            expected = {k: v for a in inputs.values() for k, v in a.expected(".parquet", "shard").items()}
             with store.stage(INDEX_ASSET, group) as st:
                 idx = build_index(members, recipe, st.path, cache_dir=project.scratch("minhash"),
-                                  workers=project.workers, bucket_mb=load_profile().dedup_bucket_mb)
+                                  bucket_mb=load_profile().dedup_bucket_mb, engine=project.engine(),
+                                  expected=expected)
                 totals = {k: sum(v[k] for v in idx.stats.values())
                           for k in ("documents", "exact_removed", "near_removed")}
                 art = st.publish(counts={**totals, "sources": len(members), "signed_shards": idx.signed_shards},
@@ -50,7 +53,7 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
         out.append(dedup_index)
         deps.append(dg.AssetDep(INDEX_ASSET, partition_mapping=group_to_source(cat)))
 
-    @data_asset(ASSET, parts.sources, deps, "parquet")
+    @data_asset(ASSET, parts.sources, deps, "parquet", version=2)  # v2: output shards per input shard
     def deduplicated_documents(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """The source's filtered documents minus those its dedup group removed (kept once, in the top-priority source)."""
         name = context.partition_key
@@ -59,17 +62,18 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
         group = recipe.dedup.group
         store = project.store()
         upstream = store.require(FILTERED_ASSET, name)
-        removed: set[str] = set()
+        removed_path = None
         stat = {"exact_removed": 0, "near_removed": 0, "clusters": 0}
         if group is not None:
             index = store.require(INDEX_ASSET, group)
             if name not in index.manifest["meta"]["members"]:
                 raise dg.Failure(f"dedup_index[{group}] predates source {name!r}: materialize dedup_index first")
-            removed = removed_ids(index.path / "removed.parquet", name)
+            removed_path = index.path / "removed.parquet"
             stat = {k: index.manifest["meta"]["per_source"][name][k] for k in stat}
         with store.stage(ASSET, name) as st:
-            shards, docs, nbytes = apply_removals(upstream.files(".parquet", "shard"), removed, st.path,
-                                                  recipe.shard_documents)
+            shards, docs, nbytes = apply_removals(upstream.files(".parquet", "shard"), removed_path, name, st.path,
+                                                  recipe.shard_documents, project.engine(),
+                                                  upstream.expected(".parquet", "shard"))
             art = st.publish(
                 counts={"documents": docs, "bytes": nbytes, "shards": len(shards), **stat},
                 meta={"recipe_hash": cat.source_hash(name), "dedup_group": group,
@@ -78,7 +82,8 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
         stats.write("source_stats", f"deduplicated__{name}",
                     [{"source": name, "stage": "deduplicated", "documents": docs, "bytes": nbytes}])
         stats.write("dedup_stats", name, [{"source": name, "dedup_group": group or "", **stat}])
-        context.log.info(f"{name}: {docs} documents after removing {len(removed)} duplicates")
+        context.log.info(f"{name}: {docs} documents after removing {stat['exact_removed'] + stat['near_removed']} "
+                         "duplicates")
         return artifact_result(art, {"preview": dg.MetadataValue.md(preview_markdown(art.files(".parquet", "shard")))})
 
     out += [deduplicated_documents, *artifact_checks(deduplicated_documents, ASSET, "documents")]

@@ -32,7 +32,8 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
         clf_path = store.require(CLASSIFIER_ASSET, clfs[0]).path / "model.bin" if clfs else None
         with store.stage(ASSET, name) as st:
             res = filter_shards(upstream.files(".parquet", "shard"), st.path, profile, clf_path,
-                                workers=project.workers, shard_documents=recipe.shard_documents)
+                                shard_documents=recipe.shard_documents, engine=project.engine(),
+                                expected=upstream.expected(".parquet", "shard"))
             art = st.publish(
                 counts={"documents": res.documents, "bytes": res.bytes, "input_documents": res.input_documents,
                         "removed": res.input_documents - res.documents, "shards": len(res.shards)},

@@ -44,6 +44,13 @@ class ProjectResource(dg.ConfigurableResource):
             report_versions(self._instance, cat, Partitions.from_catalog(cat))
         return cat
 
+    def engine(self):
+        """The data engine for per-shard tasks (profile `data:`, `--engine`), made once per process."""
+        from minigpt_assets.data.engine import get_engine
+        from minigpt_assets.settings import data_engine_config
+
+        return get_engine(data_engine_config(self.workers))
+
     def scratch(self, name: str) -> Path:
         p = Path(self.home) / "cache" / name
         p.mkdir(parents=True, exist_ok=True)

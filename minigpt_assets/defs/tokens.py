@@ -64,7 +64,8 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
         docs = store.require(DEDUP_ASSET, source)
         with store.stage(ASSET, context.partition_key) as st:
             res = tokenize_documents(docs.files(".parquet", "shard"), tok.path, st.path,
-                                     cat.sources[source].validation_fraction)
+                                     cat.sources[source].validation_fraction, engine=project.engine(),
+                                     expected=docs.expected(".parquet", "shard"))
             (st.path / "tokens.json").write_text(json.dumps({"dtype": res.dtype, "vocab_size": res.vocab_size}))
             art = st.publish(
                 counts={"documents": sum(res.documents.values()), "tokens": sum(res.tokens.values()),

@@ -15,6 +15,8 @@ from datasketch import MinHash, MinHashLSH
 
 from minigpt_assets.data.dedup import apply_removals, baseline_datasketch, build_index, removed_ids
 from minigpt_assets.data.documents import DOCUMENT_SCHEMA, ShardWriter, document, iter_documents
+from minigpt_assets.data.engine import Engine, EngineConfig
+from minigpt_assets.store import sha256_file
 from minigpt_assets.data.minhash import (
     SHINGLE_HASH,
     exact_hash,
@@ -260,14 +262,24 @@ def test_same_shard_in_two_sources_and_empty(tmp_path):
 def test_apply_removals_keeps_order(tmp_path):
     shards = write_source(tmp_path, "a", [(f"{i:02d}", f"text {i} é") for i in range(23)], per_shard=5)
     drop = {"a/03", "a/07", "a/20", "a/missing"}
-    out, n, nbytes = apply_removals(shards, drop, tmp_path / "out", shard_documents=6)
+    shard_of = {f"a/{i:02d}": sha256_file(shards[i // 5]) for i in range(23)}
+    removed = tmp_path / "removed.parquet"
+    pq.write_table(pa.table({"source": ["a"] * 4 + ["b"], "id": sorted(drop) + ["a/00"],
+                             "shard": [shard_of.get(i, "0" * 64) for i in sorted(drop)] + [shard_of["a/00"]]}),
+                   removed)
+    out, n, nbytes = apply_removals(shards, removed, "a", tmp_path / "out", shard_documents=3)
     docs = list(iter_documents([s.path for s in out]))
     assert [d["id"] for d in docs] == [f"a/{i:02d}" for i in range(23) if f"a/{i:02d}" not in drop]
-    assert n == 20 and [s.documents for s in out] == [6, 6, 6, 2]
+    assert n == 20 and [s.documents for s in out] == [3, 1, 3, 1, 3, 2, 3, 2, 2]  # per input shard of 5
+    assert [s.path.name for s in out][:3] == ["shard-00000-00000.parquet", "shard-00000-00001.parquet",
+                                              "shard-00001-00000.parquet"]
     assert nbytes == sum(len(d["text"].encode()) for d in docs) == sum(s.bytes for s in out)
     assert pq.read_schema(out[0].path).names == DOCUMENT_SCHEMA.names
-    kept_all = apply_removals(shards, set(), tmp_path / "o2")[0]
+    kept_all = apply_removals(shards, None, "a", tmp_path / "o2")[0]
     assert [d["id"] for d in iter_documents([s.path for s in kept_all])] == [f"a/{i:02d}" for i in range(23)]
+    two = apply_removals(shards, removed, "a", tmp_path / "o3", shard_documents=3,
+                         engine=Engine(EngineConfig(workers=2)))[0]
+    assert [s.path.read_bytes() for s in two] == [s.path.read_bytes() for s in out]
 
 
 def test_agrees_with_datasketch_baseline(tmp_path):

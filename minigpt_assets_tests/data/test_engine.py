@@ -1,0 +1,163 @@
+"""The data engine: the process pool and Ray give byte-identical artifacts; failures are one line naming the shard
+(or the address); a shard whose bytes differ from its manifest is never read; a killed Ray task is retried."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minigpt_assets.data.documents import ShardWriter, document
+from minigpt_assets.data.engine import Engine, EngineConfig, EngineError, Expected, close_engine, make_engine
+from minigpt_assets.data.filters import _filter_shard, filter_shards
+from minigpt_assets.recipes import FilterProfile
+from minigpt_assets.settings import Settings
+from minigpt_assets.store import ArtifactStore, StatsDB, sha256_file
+from minigpt_assets_tests.conftest import REPO, prose_doc, write
+
+PROFILE = FilterProfile.model_validate({"length": {"min_chars": 200}})
+
+
+def _shards(tmp_path: Path, n: int = 4, per: int = 6) -> list[Path]:
+    w = ShardWriter(tmp_path / "in", prefix="shard", max_documents=per)
+    for i in range(n * per):
+        w.write(document(f"s/{i}", prose_doc(i, words=10 if i % 5 == 0 else 60), "s", "web", "test"))
+    return [s.path for s in w.close()]
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+def _fails_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError("bad record at line 7")
+    return x
+
+
+def test_local_engine_keeps_order_and_names_the_failing_shard():
+    eng = Engine(EngineConfig(workers=2))
+    assert eng.map(_double, [(i,) for i in range(7)], [f"s{i}" for i in range(7)], "doubling") == \
+        [2 * i for i in range(7)]
+    with pytest.raises(EngineError) as e:
+        eng.map(_fails_on_three, [(i,) for i in range(5)], [f"shard-{i}" for i in range(5)], "filtering")
+    assert str(e.value) == "filtering failed on shard shard-3: ValueError: bad record at line 7"
+
+
+def test_a_shard_that_differs_from_its_manifest_is_named_not_read(tmp_path):
+    shards = _shards(tmp_path)
+    good = {str(p): Expected(p.stat().st_size, sha256_file(p)) for p in shards}
+    ok = filter_shards(shards, tmp_path / "ok", PROFILE, None, expected=good)
+    assert ok.input_documents == 24
+    data = bytearray(shards[1].read_bytes())
+    data[100] ^= 0xFF  # same size, one byte flipped on the "shared filesystem"
+    shards[1].write_bytes(bytes(data))
+    with pytest.raises(EngineError, match=rf"filtering: shard {shards[1]} is corrupt: its sha256 differs"):
+        filter_shards(shards, tmp_path / "bad", PROFILE, None, expected=good)
+    shards[2].unlink()
+    with pytest.raises(EngineError, match=rf"shard {shards[2]} is missing"):
+        filter_shards(shards[2:], tmp_path / "gone", PROFILE, None, expected=good)
+
+
+def test_an_address_that_does_not_answer_is_one_line(tmp_path):
+    pytest.importorskip("ray")
+    with pytest.raises(EngineError) as e:
+        make_engine(EngineConfig(engine="ray", address="127.0.0.1:9", profile="cluster"))
+    assert str(e.value) == "data engine ray: address 127.0.0.1:9 (profile cluster) does not answer"
+    # the same from the command line, before any work
+    write(tmp_path / "resources/far.yaml", "data: {engine: ray, address: '127.0.0.1:9'}\n")
+    env = dict(os.environ, MINIGPT_PROFILE="far", MINIGPT_RESOURCES=str(tmp_path / "resources"),
+               MINIGPT_HOME=str(tmp_path / "home"))
+    p = subprocess.run([sys.executable, "-m", "minigpt_assets.cli", "materialize", "--select", "source_documents"],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert p.returncode == 1
+    assert "address 127.0.0.1:9 (profile far) does not answer" in p.stderr
+    assert not (tmp_path / "home" / "artifacts").exists()
+
+
+# ------------------------------------------------------------------------------------------------ Ray
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    close_engine()
+    ray.shutdown()
+
+
+def _hashes(home: Path) -> dict[tuple[str, str], str]:
+    out = {}
+    for cur in sorted((home / "artifacts").glob("*/*/CURRENT")):
+        out[(cur.parent.parent.name, cur.parent.name)] = cur.read_text().strip()
+    return out
+
+
+def test_ray_gives_the_process_pools_artifacts(ray_local, tiny_recipes, tmp_path, monkeypatch):
+    from minigpt_assets.defs.runner import materialize_graph
+
+    homes = {}
+    for engine in ("local", "ray"):
+        monkeypatch.setenv("MINIGPT_DATA_ENGINE", engine)
+        home = tmp_path / f"home-{engine}"
+        monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))  # a run exports its instance's location
+        outcomes = materialize_graph(Settings(home=home, recipes=tiny_recipes, workers=2), log=lambda _: None)
+        assert [o for o in outcomes if not o.ok] == []
+        homes[engine] = home
+    local, ray = _hashes(homes["local"]), _hashes(homes["ray"])
+    assert len(local) == 15 and ("mixture", "mix") in local and local.keys() == ray.keys()
+    # every artifact is byte-identical; the mixture's recipe names its token shards by absolute path (the home)
+    assert {k: v for k, v in local.items() if k[0] != "mixture"} == {k: v for k, v in ray.items() if k[0] != "mixture"}
+    mix = {e: ArtifactStore(h).require("mixture", "mix") for e, h in homes.items()}
+    files = {e: {f.name: f.read_bytes().replace(str(homes[e]).encode(), b"HOME") for f in m.path.iterdir()
+                 if f.name != "manifest.json"} for e, m in mix.items()}
+    assert files["local"] == files["ray"] and len(files["local"]) >= 3
+    q = "SELECT * FROM dedup_stats ORDER BY source"
+    assert StatsDB(homes["local"]).query(q)[1] == StatsDB(homes["ray"]).query(q)[1]
+    art = ArtifactStore(homes["ray"]).require("deduplicated_documents", "beta")
+    assert art.verify() == []
+
+
+def _dies_once(marker: str, profile, clf, index, path, out_dir, shard_documents):
+    """Shard 1's first attempt writes half a shard under a temporary name and its process dies."""
+    if index == 1 and not os.path.exists(marker):
+        Path(marker).write_text("died")
+        (Path(out_dir) / f".shard-{index:05d}-00000.parquet.partial.tmp").write_bytes(b"PAR1 half")
+        os._exit(1)
+    return _filter_shard(profile, clf, index, path, out_dir, shard_documents)
+
+
+def _always_dies(*_args):
+    os._exit(1)
+
+
+def test_a_killed_task_is_retried_with_an_identical_result(ray_local, tmp_path):
+    from minigpt_assets.data.engine import RayEngine
+
+    shards = _shards(tmp_path)
+    want = filter_shards(shards, tmp_path / "local", PROFILE, None, workers=1)
+    eng = RayEngine(EngineConfig(engine="ray", max_retries=2))
+    out = tmp_path / "ray"
+    out.mkdir()
+    marker = str(tmp_path / "died")
+    tasks = [(marker, PROFILE, None, i, str(p), str(out), 20_000) for i, p in enumerate(shards)]
+    got = eng.map(_dies_once, tasks, [str(p) for p in shards], "filtering")
+    assert Path(marker).exists()  # the first attempt did die
+    assert [s.path.name for o in got for s in o.shards] == [s.path.name for s in want.shards]
+    assert all(a.path.read_bytes() == b.path.read_bytes() for a, b in zip([s for o in got for s in o.shards],
+                                                                         want.shards))
+    with pytest.raises(EngineError, match=rf"filtering failed on shard {shards[0]} after 1 retries"):
+        RayEngine(EngineConfig(engine="ray", max_retries=1)).map(_always_dies, [(1,)], [str(shards[0])],
+                                                                   "filtering")
+
+
+def test_a_task_error_on_ray_is_not_retried_and_names_the_shard(ray_local):
+    from minigpt_assets.data.engine import RayEngine
+
+    eng = RayEngine(EngineConfig(engine="ray"))
+    assert eng.map(_double, [(i,) for i in range(5)], [str(i) for i in range(5)], "doubling") == [0, 2, 4, 6, 8]
+    with pytest.raises(EngineError) as e:
+        eng.map(_fails_on_three, [(i,) for i in range(5)], [f"shard-{i}" for i in range(5)], "tokenization")
+    assert str(e.value) == "tokenization failed on shard shard-3: ValueError: bad record at line 7"
