@@ -26,18 +26,6 @@ LANGID_CHARS = 2000  # language ID reads the start of the document only
 READ_BATCH = 1024
 
 
-_LANGID: list[Any] = []
-
-
-def _language_identifier() -> Any:
-    """py3langid's model with normalized probabilities, loaded once per process."""
-    if not _LANGID:
-        from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-        _LANGID.append(LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True))
-    return _LANGID[0]
-
-
 class DocumentFilter:
     """All rules of one profile; `reasons()` gives the first failing rule of each document (None: keep)."""
 
@@ -46,7 +34,6 @@ class DocumentFilter:
         self.rules = build_rules(self.profile)
         self.language = self.profile.language
         self.quality = self.profile.quality
-        self._langid: Any = None
         self._scorer: Any = None
         if self.quality is not None:
             if classifier_path is None:
@@ -59,10 +46,13 @@ class DocumentFilter:
 
     def detect_language(self, text: str) -> tuple[str, float]:
         """(ISO 639-1 code, probability) from py3langid on the start of the text, newlines as spaces."""
-        if self._langid is None:
-            self._langid = _language_identifier()
-        lang, prob = self._langid.classify(" ".join(text[:LANGID_CHARS].split()))
-        return str(lang), float(prob)
+        return self.detect_languages([text])[0]
+
+    def detect_languages(self, texts: list[str]) -> list[tuple[str, float]]:
+        """`detect_language` of many texts, walked in lockstep (data/langid.py)."""
+        from minigpt_assets.data.langid import classify_batch
+
+        return classify_batch([" ".join(t[:LANGID_CHARS].split()) for t in texts])
 
     def reason(self, text: str) -> str | None:
         return self.reasons([text])[0]
@@ -82,13 +72,12 @@ class DocumentFilter:
             out.append(r)
         if self.language is not None:
             keep, min_score = set(self.language.languages), self.language.min_score
-            for i, t in enumerate(texts):
-                if out[i] is None:
-                    lang, prob = self.detect_language(t)
-                    if languages is not None:
-                        languages[lang] += 1
-                    if lang not in keep or prob < min_score:
-                        out[i] = "language"
+            todo = [i for i, r in enumerate(out) if r is None]
+            for i, (lang, prob) in zip(todo, self.detect_languages([texts[i] for i in todo])):
+                if languages is not None:
+                    languages[lang] += 1
+                if lang not in keep or prob < min_score:
+                    out[i] = "language"
         if self._scorer is not None:
             todo = [i for i, r in enumerate(out) if r is None]
             if todo:

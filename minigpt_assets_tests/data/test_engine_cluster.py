@@ -4,6 +4,7 @@ give the process pool's bytes (filtering, MinHash signing and the bucketed join,
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -39,7 +40,8 @@ def two_nodes(tmp_path, monkeypatch):
     common = ["--block", "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"]
     head = subprocess.Popen([str(exe), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
                              f"--ray-client-server-port={_free_port()}", *common],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
     procs = [head]
     try:
         address = f"127.0.0.1:{port}"
@@ -52,17 +54,27 @@ def two_nodes(tmp_path, monkeypatch):
                 time.sleep(0.5)
         procs.append(subprocess.Popen([str(exe), "start", f"--address={address}", "--node-ip-address=127.0.0.1",
                                        *[c for c in common if "dashboard" not in c]],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                      start_new_session=True))
         yield ray, address
     finally:
         close_engine()
-        for p in reversed(procs):
-            p.terminate()
+        for p in reversed(procs):  # each node's whole process group: raylet, GCS, workers
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         for p in procs:
             try:
-                p.wait(timeout=60)
+                p.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                p.kill()
+                os.killpg(p.pid, signal.SIGKILL)
+        time.sleep(1)
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # stragglers of the group
+            except ProcessLookupError:
+                pass
 
 
 def test_a_head_and_a_worker_node_give_the_process_pools_bytes(two_nodes, tmp_path):

@@ -383,3 +383,18 @@ def test_filter_none_profile_keeps_all(tmp_path):
     assert res.documents == 3 and res.input_documents == 3 and res.removed == {} and res.language_counts == {}
     assert [d["text"] for d in iter_documents([s.path for s in res.shards])] == ["x", "y", "z"]
     assert pq.read_table(tmp_path / "o/removed_sample.parquet").num_rows == 0
+
+
+def test_language_id_in_lockstep_gives_py3langids_answers(monkeypatch):
+    from minigpt_assets.data import langid
+    from minigpt_assets.data.builtin_corpora import gen_synthetic_web
+
+    texts = [" ".join(t[:2000].split()) for _, t, _ in gen_synthetic_web(num_documents=300, seed=5)]
+    texts += ["", "HELLO WORLD IN CAPITALS", GERMAN, FRENCH, "これは日本語の文です。", "def f(x):\n    return x",
+              "ça", "\udcff lone surrogate"]
+    ref = [langid.identifier().classify(t) for t in texts]
+    got = langid.classify_batch(texts)
+    assert [g[0] for g in got] == [r[0] for r in ref]
+    assert all(abs(g[1] - r[1]) <= 1e-5 * max(r[1], 1e-3) for g, r in zip(got, ref))
+    monkeypatch.setattr(langid, "_automaton", lambda: None)  # a py3langid without the arrays: per text
+    assert langid.classify_batch(texts[-8:]) == ref[-8:]
