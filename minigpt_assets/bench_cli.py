@@ -16,7 +16,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "data":
         from minigpt_assets.data.bench import run_data_bench
 
-        return run_data_bench(_settings(args), docs=args.docs)
+        return run_data_bench(_settings(args), docs=args.docs, engines=args.engine.split(","))
     if args.what == "backfill":
         return _bench_backfill(args)
     if args.what == "sweep":
@@ -161,6 +161,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     s.add_argument("--points", type=int, default=8, help="sweep: points trained at each parallelism")
     s.add_argument("--parallel", default="1,4", help="sweep: comma-separated parallelisms to time")
     s.add_argument("--docs", type=int, default=6000, help="data: documents per benchmark input")
+    s.add_argument("--engine", default="local", help="data: comma-separated engines to time side by side "
+                                                     "(local, ray), each on --workers cores")
     s.add_argument("--models", help="model, eval: comma-separated model recipes (default: small ones on CPU); "
                                     "train: built-in shapes (d768-l12, d1024-l24, llama-1b-untied, tiny) or recipes")
     s.add_argument("--impls", help="model: comma-separated of hf,ours,ours+docmask,ours+ckpt; eval: ours,lm-eval; "

@@ -64,10 +64,13 @@ class ShardWriter:
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._rows: list[dict] = []
+        self._rows: list = []  # dict rows from `write`, or Arrow slices from `write_batch` (one kind per shard)
         self._bytes = 0
+        self._batched = 0  # rows buffered as Arrow slices
 
     def write(self, doc: dict) -> None:
+        if self._batched:
+            raise ValueError("ShardWriter: write() after write_batch() in the same shard")
         self._rows.append(doc)
         self._bytes += len(doc["text"].encode("utf-8", "surrogatepass")) if "text" in doc else 0
         if len(self._rows) >= self.max_documents or self._bytes >= self.max_bytes:
@@ -77,16 +80,43 @@ class ShardWriter:
         for d in docs:
             self.write(d)
 
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        """Append the rows of an Arrow batch (no Python objects per row), cutting shards where `write` would."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        if self._rows and not self._batched:
+            raise ValueError("ShardWriter: write_batch() after write() in the same shard")
+        batch = pa.RecordBatch.from_arrays([batch.column(n) for n in self.schema.names], schema=self.schema)
+        while batch.num_rows:
+            if "text" in self.schema.names:
+                sizes = pc.binary_length(batch.column("text")).fill_null(0).to_numpy(zero_copy_only=False)
+            else:
+                sizes = np.zeros(batch.num_rows, dtype=np.int64)
+            nbytes = self._bytes + np.cumsum(sizes)
+            count = self._batched + np.arange(1, batch.num_rows + 1)
+            full = np.flatnonzero((count >= self.max_documents) | (nbytes >= self.max_bytes))
+            take = int(full[0]) + 1 if len(full) else batch.num_rows
+            self._rows.append(batch.slice(0, take))  # Arrow slices; `flush` joins them
+            self._batched += take
+            self._bytes = int(nbytes[take - 1])
+            batch = batch.slice(take)
+            if len(full):
+                self.flush()
+
     def flush(self) -> None:
         if not self._rows:
             return
         path = self.out_dir / f"{self.prefix}-{len(self.shards):05d}.parquet"
-        table = pa.Table.from_pylist(self._rows, schema=self.schema)
+        if self._batched:
+            table = pa.Table.from_batches(self._rows, schema=self.schema)
+        else:
+            table = pa.Table.from_pylist(self._rows, schema=self.schema)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, path)
-        self.shards.append(ShardInfo(path, len(self._rows), self._bytes))
-        self._rows, self._bytes = [], 0
+        self.shards.append(ShardInfo(path, table.num_rows, self._bytes))
+        self._rows, self._bytes, self._batched = [], 0, 0
 
     def close(self) -> list[ShardInfo]:
         self.flush()
@@ -94,7 +124,7 @@ class ShardWriter:
 
     @property
     def documents(self) -> int:
-        return sum(s.documents for s in self.shards) + len(self._rows)
+        return sum(s.documents for s in self.shards) + (self._batched or len(self._rows))
 
     @property
     def bytes(self) -> int:

@@ -129,20 +129,21 @@ def _filter_shard(profile: FilterProfile | None, classifier_path: str | None, in
     samples: list[dict[str, str]] = []
     n_in = 0
     for batch in iter_batches([Path(path)], batch_size=READ_BATCH):
-        rows = batch.to_pylist()
-        n_in += len(rows)
-        if filt.rules or filt.language or filt.quality:
-            verdicts = filt.reasons([row["text"] or "" for row in rows], langs if filt.language else None)
-        else:
-            verdicts = [None] * len(rows)
-        for row, r in zip(rows, verdicts):
+        n_in += batch.num_rows
+        if not (filt.rules or filt.language or filt.quality):
+            writer.write_batch(batch)
+            continue
+        texts = [t or "" for t in batch.column("text").to_pylist()]
+        verdicts = filt.reasons(texts, langs if filt.language else None)
+        writer.write_batch(batch.filter(pa.array([r is None for r in verdicts])))
+        ids = None
+        for i, r in enumerate(verdicts):
             if r is None:
-                writer.write(row)
                 continue
             removed[r] += 1
             if removed[r] <= SAMPLES_PER_RULE:
-                head = (row["text"] or "")[:SAMPLE_HEAD_CHARS]
-                samples.append({"id": row["id"], "rule": r, "text_head": head})
+                ids = ids if ids is not None else batch.column("id").to_pylist()
+                samples.append({"id": ids[i], "rule": r, "text_head": texts[i][:SAMPLE_HEAD_CHARS]})
     return _ShardOutcome(writer.close(), n_in, dict(removed), dict(langs), samples)
 
 

@@ -161,3 +161,18 @@ def test_a_task_error_on_ray_is_not_retried_and_names_the_shard(ray_local):
     with pytest.raises(EngineError) as e:
         eng.map(_fails_on_three, [(i,) for i in range(5)], [f"shard-{i}" for i in range(5)], "tokenization")
     assert str(e.value) == "tokenization failed on shard shard-3: ValueError: bad record at line 7"
+
+
+def test_arrow_batches_cut_shards_where_rows_do(tmp_path):
+    import pyarrow as pa
+
+    docs = [document(f"s/{i}", prose_doc(i, words=10 + 7 * (i % 9)), "s", "web", "t") for i in range(57)]
+    by_row = ShardWriter(tmp_path / "rows", max_documents=10, max_bytes=1500)
+    by_row.write_many(docs)
+    by_batch = ShardWriter(tmp_path / "batches", max_documents=10, max_bytes=1500)
+    for lo in (0, 3, 25, 26, 57):  # uneven batches, one empty
+        hi = {0: 3, 3: 25, 25: 26, 26: 57, 57: 57}[lo]
+        by_batch.write_batch(pa.RecordBatch.from_pylist(docs[lo:hi], schema=by_batch.schema))
+    a, b = by_row.close(), by_batch.close()
+    assert len(a) > 6 and [(s.documents, s.bytes) for s in a] == [(s.documents, s.bytes) for s in b]
+    assert [s.path.read_bytes() for s in a] == [s.path.read_bytes() for s in b]
