@@ -16,7 +16,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "data":
         from minigpt_assets.data.bench import run_data_bench
 
-        return run_data_bench(_settings(args), docs=args.docs, engines=args.engine.split(","))
+        return run_data_bench(_settings(args), docs=args.docs, engines=args.engine.split(","),
+                              out=Path(args.json) if args.json else None)
     if args.what == "backfill":
         return _bench_backfill(args)
     if args.what == "sweep":
@@ -186,7 +187,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     s.add_argument("--seq", type=int, help="model: tokens per sequence")
     s.add_argument("--steps", type=int, default=5, help="model, train: timed steps")
     s.add_argument("--compile", action="store_true", help="model: torch.compile every variant")
-    s.add_argument("--json", help="model, train, eval: also write the rows to this JSON file")
+    s.add_argument("--json", help="model, train, eval: also write the rows to this JSON file; data: rows and per-core rates (for minigpt plan data)")
     s.add_argument("--port", type=int, default=3310, help="backfill: port of the dagster dev it starts")
     s.add_argument("--idle", type=float, default=120, help="backfill: seconds the daemon runs on after the backfill")
     s.add_argument("--timeout", type=float, default=7200, help="backfill: seconds to wait for the backfill")

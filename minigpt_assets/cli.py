@@ -207,6 +207,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ stats
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Wall time, core-hours, dedup buckets and storage of the data half for a token target (data/plan.py)."""
+    from minigpt_assets.data.plan import Assumptions, load_rates, print_plan
+
+    try:
+        rates = load_rates(Path(args.rates) if args.rates else None)
+    except (OSError, ValueError, KeyError) as e:
+        return _fail([f"{args.rates}: not a rates file written by `minigpt bench data --json` ({e})"])
+    a = Assumptions(bytes_per_token=args.bytes_per_token, keep_filter=args.keep_filter, keep_dedup=args.keep_dedup,
+                    doc_bytes=args.doc_bytes, bucket_mb=args.bucket_mb)
+    print_plan(args.tokens, args.nodes, args.cores, rates, a)
+    return 0
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     import duckdb
 
@@ -387,6 +401,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", choices=["local", "ray"], help="where per-shard data tasks run (default: the "
                    "profile's data: engine); ray without an address in the profile starts a local Ray instance")
     s.set_defaults(func=cmd_materialize)
+    s = sub.add_parser("plan", parents=[common], help="plan the data half for a token target on a cluster, from "
+                                                      "measured per-core rates")
+    s.add_argument("what", choices=["data"])
+    s.add_argument("--tokens", type=float, required=True, help="tokens wanted after filtering and dedup, e.g. 2e12")
+    s.add_argument("--nodes", type=int, default=1)
+    s.add_argument("--cores", type=int, default=64, help="cores per node")
+    s.add_argument("--rates", help="rates JSON from `minigpt bench data --json` (default: the one shipped, "
+                                   "see docs/scale.md)")
+    s.add_argument("--bytes-per-token", type=float, default=4.0)
+    s.add_argument("--keep-filter", type=float, default=0.5, help="share of raw bytes the filters keep")
+    s.add_argument("--keep-dedup", type=float, default=0.7, help="share of filtered bytes dedup keeps")
+    s.add_argument("--doc-bytes", type=float, default=3000.0, help="mean document size in bytes")
+    s.add_argument("--bucket-mb", type=int, default=1024, help="memory budget of one dedup join task")
+    s.set_defaults(func=cmd_plan)
     s = sub.add_parser("sql", parents=[common], help="query the DuckDB stats database")
     s.add_argument("query")
     s.set_defaults(func=cmd_sql)

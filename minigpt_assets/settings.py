@@ -138,7 +138,8 @@ def data_engine_config(workers: int):
     name = os.environ.get("MINIGPT_PROFILE") or "local"
     d = load_profile().data
     env = {k: os.environ[k] for k in ("MINIGPT_HOME", "MINIGPT_RECIPES", "MINIGPT_PROFILE") if k in os.environ}
-    return EngineConfig(engine=os.environ.get("MINIGPT_DATA_ENGINE") or d.engine, address=d.address,
+    address = os.path.expandvars(d.address) if d.address else None  # e.g. ${RAY_HEAD}:6379
+    return EngineConfig(engine=os.environ.get("MINIGPT_DATA_ENGINE") or d.engine, address=address,
                         cpus_per_task=d.cpus_per_task, max_retries=d.max_retries, workers=workers, profile=name,
                         env=env)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from datasketch import MinHash, MinHashLSH
 
 from minigpt_assets.data.builtin_corpora import gen_synthetic_web
-from minigpt_assets.data.dedup import baseline_datasketch, build_index, removed_ids
+from minigpt_assets.data.dedup import apply_removals, baseline_datasketch, build_index, removed_ids
 from minigpt_assets.data.documents import make_doc_id
 from minigpt_assets.data.filters import filter_shards
 from minigpt_assets.data.minhash import shingles
@@ -52,20 +52,25 @@ def _row(stage: str, variant: str, docs: int, mb: float, seconds: float, result:
             "speedup": f"{base / seconds:.1f}x" if base else ""}
 
 
-def _bench_tokens(texts: list[str], shards: list[Path], mb: float, tmp: Path) -> list[dict]:
-    """Tokenization next to raw `tokenizers.encode_batch` on the same texts, and the packed loader's tokens/s."""
-    from minigpt_assets.data.loader import PackedLoader, PackedTokens
-    from minigpt_assets.data.mixture import Plan, SourceIndex, plan_split, write_plan
-    from minigpt_assets.data.tokenizer import load_tokenizer, train_tokenizer
-    from minigpt_assets.data.tokens import open_tokens, tokenize_documents
+def _train_tokenizer(shards: list[Path], tmp: Path) -> tuple[Path, dict]:
+    from minigpt_assets.data.tokenizer import train_tokenizer
     from minigpt_assets.recipes import TokenizerRecipe
 
-    rows = []
     tok_dir = tmp / "tok"
     tok_dir.mkdir()
     t0 = time.perf_counter()
     train_tokenizer(shards, TokenizerRecipe(vocab_size=6400, sample_documents=3000), tok_dir)
-    rows.append(_row("tokenizer", "train BPE 6400 on 3000 docs", 3000, 0.0, time.perf_counter() - t0, ""))
+    return tok_dir, _row("tokenizer", "train BPE 6400 on 3000 docs", 3000, 0.0, time.perf_counter() - t0, "")
+
+
+def _bench_tokens(texts: list[str], shards: list[Path], mb: float, tmp: Path, tok_dir: Path) -> list[dict]:
+    """Tokenization next to raw `tokenizers.encode_batch` on the same texts, and the packed loader's tokens/s."""
+    from minigpt_assets.data.loader import PackedLoader, PackedTokens
+    from minigpt_assets.data.mixture import Plan, SourceIndex, plan_split, write_plan
+    from minigpt_assets.data.tokenizer import load_tokenizer
+    from minigpt_assets.data.tokens import open_tokens, tokenize_documents
+
+    rows = []
     tok = load_tokenizer(tok_dir)
     t0 = time.perf_counter()
     n_raw = sum(len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False))
@@ -78,7 +83,7 @@ def _bench_tokens(texts: list[str], shards: list[Path], mb: float, tmp: Path) ->
     res = tokenize_documents(shards, tok_dir, out, validation_fraction=0.02)
     dt = time.perf_counter() - t0
     n = sum(res.tokens.values())
-    rows.append(_row("tokenize", "ours: shards -> train/val .bin + index (streaming)", len(texts), mb, dt,
+    rows.append(_row("tokenize", "ours: shards -> train/val .bin + index, 1 process", len(texts), mb, dt,
                      f"{n / dt:,.0f} tokens/s", raw))
     idx = SourceIndex.read(out / "index.parquet", "train")
     table, _ = plan_split({"web": idx}, {"web": 1.0}, idx.tokens, seed=0, max_epochs=1, split="train")
@@ -137,11 +142,12 @@ def _engines(names: list[str], workers: int):
 
 
 def run_data_bench(settings: Settings, docs: int = 6000, engines: list[str] | None = None,
-                   shard_documents: int = 500) -> int:
+                   shard_documents: int = 500, out: Path | None = None) -> int:
     """Every stage on the same generated web text; per engine (`local`, `ray`) the per-shard stages run as that
     engine's tasks with `settings.workers` cores, next to one process, with MB/s per core."""
     from minigpt_assets.data.engine import Engine, EngineConfig
     from minigpt_assets.data.minhash import sign_all
+    from minigpt_assets.data.tokens import tokenize_documents
     from minigpt_assets.tables import format_table
 
     workers = settings.workers
@@ -166,12 +172,15 @@ def run_data_bench(settings: Settings, docs: int = 6000, engines: list[str] | No
         rows.append(_row("ingest", "jsonl.zst -> parquet shards", res.documents, mb, time.perf_counter() - t0,
                          f"{len(res.shards)} shards"))
         shards = [s.path for s in res.shards]
+        tok_dir, tok_row = _train_tokenizer(shards, tmp)
         clf = _quality_model(list(gen_synthetic_web(num_documents=3000, seed=7)), tmp)
         profile = FilterProfile.model_validate({**WEB_PROFILE, "quality": {"classifier": "bench", "min_score": 0.5}})
         dr = DedupRecipe()
         runs = [("1 process", Engine(EngineConfig(workers=1)))] if workers > 1 else []
+        labels: list[str] = []
         for label, eng in itertools.chain(runs, _engines(engines, workers)):  # lazily: Ray stops after its turn
             cores = eng.parallelism if label != "1 process" else 1
+            labels += [] if label == "1 process" else [label]
             t0 = time.perf_counter()
             fr = filter_shards(shards, tmp / f"filter-{label}", profile, clf, shard_documents=shard_documents,
                                engine=eng)
@@ -191,6 +200,18 @@ def run_data_bench(settings: Settings, docs: int = 6000, engines: list[str] | No
             rows.append(_row("dedup", f"ours: signing + bucketed LSH join, {label}", len(texts), mb,
                              time.perf_counter() - t0, f"{len(gone)} removed; "
                              + _recall(items, {by_id[i] for i in gone}), cores=cores))
+            t0 = time.perf_counter()
+            kept, n_kept, _ = apply_removals(shards, idx.removed_path, "web", tmp / f"dedup-{label}",
+                                             shard_documents, engine=eng)
+            rows.append(_row("removal", f"drop the removed ids, {label}", len(texts), mb, time.perf_counter() - t0,
+                             f"{n_kept} kept", cores=cores))
+            (tmp / f"tok-{label}").mkdir()
+            t0 = time.perf_counter()
+            tr = tokenize_documents([k.path for k in kept], tok_dir, tmp / f"tok-{label}", 0.02, engine=eng)
+            dt = time.perf_counter() - t0
+            kept_mb = sum(k.bytes for k in kept) / 1e6
+            rows.append(_row("tokenize", f"shards -> .bin + index, {label}", n_kept, kept_mb, dt,
+                             f"{sum(tr.tokens.values()) / dt:,.0f} tokens/s", cores=cores))
         t0 = time.perf_counter()
         base_removed = baseline_datasketch(texts, dr)
         base = time.perf_counter() - t0
@@ -212,7 +233,8 @@ def run_data_bench(settings: Settings, docs: int = 6000, engines: list[str] | No
                           workers=workers)
         rows.append(_row("dedup", "ours: signatures cached (source unchanged)", len(texts), mb,
                          time.perf_counter() - t0, f"{idx.cache_hits} shards from cache", base))
-        rows += _bench_tokens(texts, shards, mb, tmp)
+        rows += [tok_row, *_bench_tokens(texts, shards, mb, tmp, tok_dir)]
+        parquet_ratio = sum(p.stat().st_size for p in shards) / (mb * 1e6)
 
     cols = ["stage", "variant", "docs", "seconds", "docs/s", "MB/s", "cores", "MB/s/core", "result", "speedup"]
     print(f"minigpt bench data: {docs} generated web-like documents ({mb:.1f} MB) in {len(shards)} shards, "
@@ -222,4 +244,28 @@ def run_data_bench(settings: Settings, docs: int = 6000, engines: list[str] | No
                               for r in rows]))
     print("MB/s/core: MB/s / the cores the engine ran on; speedup: time of the stage's first baseline row / time "
           "of this row (same documents, same run); loader MB/s counts uint16 tokens read")
+    if out is not None:
+        rates = _rates(rows, labels[0])["mb_per_s_per_core"]
+        out.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d"), "command": f"minigpt bench data --docs "
+                                   f"{docs} --engine {','.join(engines)} --workers {workers}",
+                                   "engine": labels[0], "mb_per_s_per_core": rates,
+                                   "parquet_bytes_per_text_byte": parquet_ratio, "rows": rows}, indent=1) + "\n")
     return 0
+
+
+def _rates(rows: list[dict], engine: str) -> dict:
+    """Per-core MB/s of each stage on `engine` (its label), for `minigpt plan data`. The join's is the index build
+    minus its signing, both per text MB."""
+    def get(stage: str, prefix: str) -> dict:
+        return next(r for r in rows if r["stage"] == stage and r["variant"].startswith(prefix)
+                    and r["variant"].endswith(engine))
+
+    sign = get("dedup", "MinHash signing only")
+    index = get("dedup", "ours: signing + bucketed LSH join")
+    join_s = max(index["seconds"] - sign["seconds"], 1e-9)
+    mb = sign["MB/s"] * sign["seconds"]
+    return {"mb_per_s_per_core": {
+        "ingest": next(r for r in rows if r["stage"] == "ingest")["MB/s/core"],
+        "filter": get("filter", "Gopher")["MB/s/core"], "sign": sign["MB/s/core"],
+        "join": mb / join_s / index["cores"], "removal": get("removal", "drop")["MB/s/core"],
+        "tokenize": get("tokenize", "shards")["MB/s/core"]}}
