@@ -16,7 +16,7 @@ from minigpt_assets.data.dedup import apply_removals, baseline_datasketch, build
 from minigpt_assets.data.documents import make_doc_id
 from minigpt_assets.data.filters import filter_shards
 from minigpt_assets.data.minhash import shingles
-from minigpt_assets.data.sources import ingest_source
+from minigpt_assets.data.ingest import ingest_source
 from minigpt_assets.recipes import DedupRecipe, FilterProfile, _SourceFile
 from minigpt_assets.settings import Settings
 

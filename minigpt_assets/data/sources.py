@@ -1,4 +1,4 @@
-"""Streaming readers for every source kind, yielding normalized documents or counted rejects, and `ingest_source`.
+"""Streaming readers for every source kind, yielding normalized documents or counted rejects (ingest: ingest.py).
 
 Readers never hold a whole input: JSON lines are read line by line from (possibly compressed) byte streams
 with a bounded decompression buffer (`streams.py`), Parquet and Hugging Face data in record batches, DuckDB
@@ -14,15 +14,14 @@ import fnmatch
 import glob as globlib
 import json
 import os
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from minigpt_assets.data.documents import ShardInfo, ShardWriter, document, make_doc_id
+from minigpt_assets.data.documents import document, make_doc_id
 from minigpt_assets.data.streams import file_lines, stream_errors
 from minigpt_assets.recipes import expand_location, is_url
 
@@ -136,34 +135,41 @@ def _record_to_doc(name: str, recipe, rec: Any, prov: str) -> dict | Rejected:
 
 # ------------------------------------------------------------------------------------------------ jsonl
 def read_jsonl(name: str, recipe) -> Iterator[dict | Rejected]:
+    for path, rel in _jsonl_units(recipe):
+        yield from _jsonl_file(name, recipe, Path(path), rel)
+
+
+def _jsonl_units(recipe) -> list[tuple[str, str]]:
     root, files = _expand_files(recipe.location, JSONL_PATTERNS)
+    return [(str(p), _rel(p, root).as_posix()) for p in files]
+
+
+def _jsonl_file(name: str, recipe, path: Path, rel: str) -> Iterator[dict | Rejected]:
     errors = stream_errors()
-    for path in files:
-        rel = _rel(path, root).as_posix()
-        lineno = 0
-        try:
-            for raw in file_lines(path):
-                lineno += 1
-                prov = f"{rel}:{lineno}"
-                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]  # a UTF-8 byte order mark
-                if not raw.strip():
-                    continue  # a blank line is no record
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    yield Rejected("invalid_utf8", prov, _head(raw))
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    yield Rejected("invalid_json", prov, _head(line))
-                    continue
-                yield _record_to_doc(name, recipe, rec, prov)
-        except errors as e:  # a cut or corrupt stream: what was read before is kept
-            yield Rejected("truncated_file", f"{rel}:{lineno + 1}", _one_line(e, 200))
-        except OSError as e:
-            yield Rejected("unreadable_file", rel, _one_line(e, 200))
+    lineno = 0
+    try:
+        for raw in file_lines(path):
+            lineno += 1
+            prov = f"{rel}:{lineno}"
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte order mark
+            if not raw.strip():
+                continue  # a blank line is no record
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield Rejected("invalid_utf8", prov, _head(raw))
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                yield Rejected("invalid_json", prov, _head(line))
+                continue
+            yield _record_to_doc(name, recipe, rec, prov)
+    except errors as e:  # a cut or corrupt stream: what was read before is kept
+        yield Rejected("truncated_file", f"{rel}:{lineno + 1}", _one_line(e, 200))
+    except OSError as e:
+        yield Rejected("unreadable_file", rel, _one_line(e, 200))
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -199,29 +205,57 @@ def _parquet_file(name: str, recipe, opener: Callable[[], Any], prov: str) -> It
 
 
 def read_parquet(name: str, recipe) -> Iterator[dict | Rejected]:
+    for path, prov in _parquet_units(recipe):
+        yield from read_unit(name, recipe, path, prov)
+
+
+def _remote(recipe) -> bool:
+    return is_url(recipe.location) and not recipe.location.startswith("file://")
+
+
+def _parquet_units(recipe) -> list[tuple[str, str]]:
+    """(file, provenance) of every Parquet file of the location, local or over fsspec, sorted."""
     loc = recipe.location
-    if is_url(loc) and not loc.startswith("file://"):
+    if not _remote(recipe):
+        root, files = _expand_files(loc, ("**/*.parquet",))
+        return [(str(p), _rel(p, root).as_posix()) for p in files]
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(expand_location(loc), **recipe.storage_options)
+    if _has_magic(path):
+        root, files = _glob_root(path).as_posix(), sorted(fs.glob(path))
+        if not files:
+            raise SourceMissing(f"no file matches {loc!r}")
+    elif fs.isdir(path):
+        root = path
+        files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+    elif fs.exists(path):
+        root, files = path.rsplit("/", 1)[0] if "/" in path else "", [path]
+    else:
+        raise SourceMissing(f"not found: {loc}")
+    return [(p, p[len(root):].lstrip("/") if root and p.startswith(root) else p) for p in files]
+
+
+def source_units(recipe) -> list[tuple[str, str]] | None:
+    """(file, provenance) of each input file of a source read file by file (jsonl, parquet), in reading order;
+    None for the other kinds. Ingest runs one task per file (data/ingest.py)."""
+    if recipe.kind == "jsonl":
+        return _jsonl_units(recipe)
+    if recipe.kind == "parquet":
+        return _parquet_units(recipe)
+    return None
+
+
+def read_unit(name: str, recipe, file: str, prov: str) -> Iterator[dict | Rejected]:
+    """The records of one input file of `source_units`."""
+    if recipe.kind == "jsonl":
+        return _jsonl_file(name, recipe, Path(file), prov)
+    if _remote(recipe):
         from fsspec.core import url_to_fs
 
-        fs, path = url_to_fs(expand_location(loc), **recipe.storage_options)
-        if _has_magic(path):
-            root, files = _glob_root(path).as_posix(), sorted(fs.glob(path))
-            if not files:
-                raise SourceMissing(f"no file matches {loc!r}")
-        elif fs.isdir(path):
-            root = path
-            files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
-        elif fs.exists(path):
-            root, files = path.rsplit("/", 1)[0] if "/" in path else "", [path]
-        else:
-            raise SourceMissing(f"not found: {loc}")
-        for p in files:
-            prov = p[len(root):].lstrip("/") if root and p.startswith(root) else p
-            yield from _parquet_file(name, recipe, lambda p=p: fs.open(p, "rb"), prov)
-        return
-    root, files = _expand_files(loc, ("**/*.parquet",))
-    for path in files:
-        yield from _parquet_file(name, recipe, lambda path=path: path, _rel(path, root).as_posix())
+        fs, _ = url_to_fs(expand_location(recipe.location), **recipe.storage_options)
+        return _parquet_file(name, recipe, lambda: fs.open(file, "rb"), prov)
+    return _parquet_file(name, recipe, lambda: Path(file), prov)
 
 
 def read_duckdb(name: str, recipe) -> Iterator[dict | Rejected]:
@@ -390,52 +424,3 @@ def read_source(name: str, recipe) -> Iterator[dict | Rejected]:
     Lazy: a missing location raises SourceMissing on the first `next()`.
     """
     return READERS[recipe.kind](name, recipe)
-
-
-# ------------------------------------------------------------------------------------------------ ingest
-@dataclass
-class IngestResult:
-    shards: list[ShardInfo] = field(default_factory=list)
-    documents: int = 0
-    bytes: int = 0
-    rejects: dict[str, int] = field(default_factory=dict)  # reason -> count
-    reject_examples: dict[str, str] = field(default_factory=dict)  # reason -> "provenance: example"
-    missing: str | None = None  # the optional source's location is missing: no documents
-
-
-def ingest_source(name: str, recipe, out_dir: Path, limit: int | None = None) -> IngestResult:
-    """Stream the source into `out_dir/shard-*.parquet` (and `rejects.parquet` when there are rejects).
-
-    An optional source whose location is missing gives an empty result with `missing` set; a required one raises
-    SourceMissing.
-    """
-    limit = recipe.limit_documents if limit is None else limit
-    out_dir = Path(out_dir)
-    writer = ShardWriter(out_dir, prefix="shard", max_documents=recipe.shard_documents)
-    rejects: Counter[str] = Counter()
-    examples: dict[str, str] = {}
-    samples: list[dict] = []
-    try:
-        with contextlib.closing(read_source(name, recipe)) as items:
-            for item in items:
-                if isinstance(item, Rejected):
-                    rejects[item.reason] += 1
-                    examples.setdefault(item.reason, f"{item.provenance}: {item.example}")
-                    if len(samples) < MAX_REJECT_SAMPLES:
-                        samples.append({"reason": item.reason, "provenance": item.provenance,
-                                        "example": item.example})
-                    continue
-                writer.write(item)
-                if limit is not None and writer.documents >= limit:
-                    break
-    except SourceMissing as e:
-        for s in writer.shards:  # anything flushed before a later file went missing
-            s.path.unlink(missing_ok=True)
-        if not recipe.optional:
-            raise
-        return IngestResult(missing=str(e))
-    shards = writer.close()
-    if samples:
-        pq.write_table(pa.Table.from_pylist(samples, schema=REJECTS_SCHEMA), out_dir / "rejects.parquet")
-    return IngestResult(shards, sum(s.documents for s in shards), sum(s.bytes for s in shards), dict(rejects),
-                        examples)

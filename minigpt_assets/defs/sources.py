@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from minigpt_assets.data.sources import ingest_source
+from minigpt_assets.data.ingest import ingest_source
 from minigpt_assets.defs.common import artifact_checks, artifact_result, counts_table, data_asset, preview_markdown
 from minigpt_assets.defs.partitions import Partitions
 from minigpt_assets.defs.resources import ProjectResource
@@ -13,7 +13,8 @@ ASSET = "source_documents"
 
 
 def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
-    @data_asset(ASSET, parts.sources, [recipe_assets["source_recipe"]], "parquet", version=3)  # v3: seo spam, zstd frames
+    @data_asset(ASSET, parts.sources, [recipe_assets["source_recipe"]], "parquet",
+                version=4)  # v4: one shard series per input file (shard-<file>-<k>)
     def source_documents(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """Read one source (jsonl, parquet, text dir, code tree, HF dataset, DuckDB query, builtin) into shards."""
         name = context.partition_key
@@ -21,7 +22,7 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
         recipe = cat.sources[name]
         store = project.store()
         with store.stage(ASSET, name) as st:
-            res = ingest_source(name, recipe, st.path)
+            res = ingest_source(name, recipe, st.path, engine=project.engine())
             art = st.publish(
                 counts={"documents": res.documents, "bytes": res.bytes, "shards": len(res.shards),
                         "rejected": sum(res.rejects.values())},

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from minigpt_assets.data import builtin_corpora as bc
-from minigpt_assets.data.sources import Rejected, SourceMissing, ingest_source, read_source
+from minigpt_assets.data.ingest import ingest_source
+from minigpt_assets.data.sources import Rejected, SourceMissing, read_source
 from minigpt_assets.recipes import _SourceFile
 
 

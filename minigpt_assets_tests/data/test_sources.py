@@ -15,7 +15,8 @@ import pytest
 import zstandard
 
 from minigpt_assets.data.documents import count_documents, iter_documents
-from minigpt_assets.data.sources import (Rejected, SourceMissing, SourceQueryError, ingest_source, read_source)
+from minigpt_assets.data.ingest import ingest_source
+from minigpt_assets.data.sources import Rejected, SourceMissing, SourceQueryError, read_source
 from minigpt_assets.recipes import _SourceFile
 
 
@@ -277,7 +278,8 @@ def test_ingest_shards_limit_rejects_and_optional_missing(tmp_path):
     p.write_text("\n".join(json.dumps({"text": f"doc {i}"}) for i in range(25)) + "\n")
     res = ingest_source("s", recipe(kind="jsonl", location=str(p), shard_documents=10), tmp_path / "o1")
     assert (res.documents, len(res.shards), res.rejects, res.missing) == (25, 3, {}, None)
-    assert [s.path.name for s in res.shards] == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
+    assert [s.path.name for s in res.shards] == ["shard-00000-00000.parquet", "shard-00000-00001.parquet",
+                                                 "shard-00000-00002.parquet"]  # one series per input file
     assert count_documents([s.path for s in res.shards]) == 25 and res.bytes == sum(len(f"doc {i}") for i in range(25))
     assert [d["text"] for d in iter_documents([s.path for s in res.shards])] == [f"doc {i}" for i in range(25)]
     assert not (tmp_path / "o1/rejects.parquet").exists()
@@ -295,6 +297,30 @@ def test_ingest_shards_limit_rejects_and_optional_missing(tmp_path):
     assert res.rejects == {"invalid_json": 1500} and res.documents == 1
     assert res.reject_examples == {"invalid_json": "bad.jsonl:1: {nope"}
     assert pq.read_table(tmp_path / "o6/rejects.parquet").num_rows == 1000  # a capped sample
+
+
+def test_ingest_runs_a_task_per_file_with_the_same_result_on_any_engine(tmp_path):
+    from minigpt_assets.data.engine import Engine, EngineConfig
+
+    d = tmp_path / "dolma"
+    d.mkdir()
+    for k in range(4):
+        lines = [json.dumps({"id": f"{k}-{i}", "text": f"file {k} doc {i}", "url": f"u{i}"}) for i in range(9)]
+        if k == 2:
+            lines.insert(3, "{broken")
+        (d / f"part-{k}.jsonl").write_text("\n".join(lines) + "\n")
+    r = recipe(kind="jsonl", location=str(d), shard_documents=4)
+    one = ingest_source("s", r, tmp_path / "one", engine=Engine(EngineConfig(workers=1)))
+    two = ingest_source("s", r, tmp_path / "two", engine=Engine(EngineConfig(workers=2)))
+    assert [s.path.name for s in one.shards][:4] == ["shard-00000-00000.parquet", "shard-00000-00001.parquet",
+                                                     "shard-00000-00002.parquet", "shard-00001-00000.parquet"]
+    assert [s.path.read_bytes() for s in one.shards] == [s.path.read_bytes() for s in two.shards]
+    assert (one.documents, one.rejects, one.reject_examples) == (36, {"invalid_json": 1},
+                                                                 {"invalid_json": "part-2.jsonl:4: {broken"})
+    assert (two.documents, two.rejects, two.reject_examples) == (one.documents, one.rejects, one.reject_examples)
+    docs = list(iter_documents([s.path for s in one.shards]))
+    assert [json.loads(x["meta"])["id"] for x in docs] == [f"{k}-{i}" for k in range(4) for i in range(9)]
+    assert json.loads(docs[0]["meta"]) == {"id": "0-0", "url": "u0"}  # other fields kept as metadata
 
 
 def test_ingest_memory_is_bounded(tmp_path):
