@@ -214,7 +214,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     try:
         rates = load_rates(Path(args.rates) if args.rates else None)
     except (OSError, ValueError, KeyError) as e:
-        return _fail([f"{args.rates}: not a rates file written by `minigpt bench data --json` ({e})"])
+        where = args.rates or "the shipped rates (minigpt_assets/data/rates.json)"
+        return _fail([f"{where}: not a rates file written by `minigpt bench data --json` ({e})"])
     a = Assumptions(bytes_per_token=args.bytes_per_token, keep_filter=args.keep_filter, keep_dedup=args.keep_dedup,
                     doc_bytes=args.doc_bytes, bucket_mb=args.bucket_mb)
     print_plan(args.tokens, args.nodes, args.cores, rates, a)
