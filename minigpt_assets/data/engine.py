@@ -169,6 +169,12 @@ class RayEngine(Engine):
         return max(1, int(cpus // max(self.config.cpus_per_task, 1e-9)))
 
     def _map(self, fn, tasks, labels, stage, checks) -> list:
+        error = self._gather(fn, tasks, labels, stage, checks)
+        if isinstance(error, EngineError):  # raised here, where no frame holds an ObjectRef: a ref that outlived
+            raise error  # ray.shutdown() (kept alive by a traceback) would crash the process when collected
+        return error
+
+    def _gather(self, fn, tasks, labels, stage, checks) -> list | EngineError:
         ray = self.ray
         remote = ray.remote(num_cpus=self.config.cpus_per_task, max_retries=self.config.max_retries,
                             retry_exceptions=False)(_call)
@@ -178,22 +184,25 @@ class RayEngine(Engine):
         for ref, label in zip(refs, labels):
             try:
                 out.append(ray.get(ref))
+                continue
             except ray.exceptions.RayTaskError as e:
-                for r in refs:
-                    ray.cancel(r)
                 cause = e.cause if getattr(e, "cause", None) is not None else e
                 if isinstance(cause, EngineError):
-                    raise EngineError(f"{stage}: {cause}") from None
-                msg = str(cause).strip().splitlines()
-                raise EngineError(f"{stage} failed on shard {label}: {type(cause).__name__}: "
-                                  f"{msg[-1] if msg else ''}") from None
-            except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayError) as e:
-                for r in refs:
+                    error = EngineError(f"{stage}: {cause}")
+                else:
+                    msg = str(cause).strip().splitlines()
+                    error = EngineError(f"{stage} failed on shard {label}: {type(cause).__name__}: "
+                                        f"{msg[-1] if msg else ''}")
+            except ray.exceptions.RayError as e:
+                error = EngineError(f"{stage} failed on shard {label} after {self.config.max_retries} retries: "
+                                    f"{type(e).__name__}")
+            for r in refs:  # stop what is still queued or running
+                try:
                     ray.cancel(r)
-                raise EngineError(f"{stage} failed on shard {label} after {self.config.max_retries} retries: "
-                                  f"{type(e).__name__}") from None
+                except Exception:  # noqa: BLE001 - a finished task cannot be cancelled
+                    pass
+            return error
         return out
-
 
     def close(self) -> None:
         """Disconnect; a local instance this engine started stops."""
