@@ -9,8 +9,8 @@ candidate pairs (for verification and union-find). Removal is one task per input
 
 from __future__ import annotations
 
-import os
 import shutil
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from minigpt_assets.data.documents import DOCUMENT_SCHEMA, ShardInfo, iter_batches
+from minigpt_assets.data.documents import ShardInfo, ShardWriter, iter_batches
 from minigpt_assets.data.engine import Engine, EngineConfig, Expected
 from minigpt_assets.data.minhash import _to_arrow, _to_numpy, lsh_params, shingles, sign_all, signature_key
 from minigpt_assets.store import sha256_file
@@ -308,37 +308,13 @@ def _remove_shard(index: int, path: str, removed_path: str | None, source: str, 
     if removed_path is not None:
         removed = removed_ids(Path(removed_path), source, sha or sha256_file(Path(path)))
     drop = pa.array(sorted(removed), pa.string())
-    names = DOCUMENT_SCHEMA.names
-    shards: list[ShardInfo] = []
-    buf: list[pa.RecordBatch] = []
-    buffered = 0
-
-    def flush() -> None:
-        nonlocal buf, buffered
-        if not buffered:
-            return
-        table = pa.Table.from_batches(buf, schema=DOCUMENT_SCHEMA)
-        out = out_dir / f"shard-{index:05d}-{len(shards):05d}.parquet"
-        tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, out)
-        nbytes = int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0)
-        shards.append(ShardInfo(out, table.num_rows, nbytes))
-        buf, buffered = [], 0
-
+    # cut by documents only (no byte bound), as before the Arrow writer served removal too
+    writer = ShardWriter(out_dir, prefix=f"shard-{index:05d}", max_documents=shard_documents, max_bytes=sys.maxsize)
     for batch in iter_batches([Path(path)], batch_size=4096):
-        batch = pa.RecordBatch.from_arrays([batch.column(n) for n in names], schema=DOCUMENT_SCHEMA)
         if len(drop):
             batch = batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=drop)))
-        while batch.num_rows:
-            take = min(batch.num_rows, shard_documents - buffered)
-            buf.append(batch.slice(0, take))
-            buffered += take
-            batch = batch.slice(take)
-            if buffered >= shard_documents:
-                flush()
-    flush()
-    return shards
+        writer.write_batch(batch)
+    return writer.close()
 
 
 def apply_removals(in_paths: list[Path], removed_path: Path | None, source: str, out_dir: Path,

@@ -124,16 +124,22 @@ class Engine:
         pass
 
 
+def _task_error(stage: str, label: str, e: BaseException) -> EngineError:
+    """A task's failure as one line naming the stage and the shard (a check's own message is kept)."""
+    if isinstance(e, EngineError):
+        return EngineError(f"{stage}: {e}")
+    msg = str(e).strip().splitlines()
+    return EngineError(f"{stage} failed on shard {label}: {type(e).__name__}: {msg[-1] if msg else ''}")
+
+
 def _named(stage: str, label: str, get: Callable[[], Any]) -> Any:
-    """`get()`, with any failure turned into one line naming the stage and the shard."""
+    """`get()`, with any failure turned into `_task_error`."""
     try:
         return get()
     except EngineError as e:
-        raise EngineError(f"{stage}: {e}") from None
+        raise _task_error(stage, label, e) from None
     except Exception as e:  # noqa: BLE001 - a task's own error, passed on with the shard it came from
-        msg = str(e).strip().splitlines()
-        raise EngineError(f"{stage} failed on shard {label}: {type(e).__name__}: "
-                          f"{msg[-1] if msg else ''}") from e
+        raise _task_error(stage, label, e) from e
 
 
 class RayEngine(Engine):
@@ -186,13 +192,7 @@ class RayEngine(Engine):
                 out.append(ray.get(ref))
                 continue
             except ray.exceptions.RayTaskError as e:
-                cause = e.cause if getattr(e, "cause", None) is not None else e
-                if isinstance(cause, EngineError):
-                    error = EngineError(f"{stage}: {cause}")
-                else:
-                    msg = str(cause).strip().splitlines()
-                    error = EngineError(f"{stage} failed on shard {label}: {type(cause).__name__}: "
-                                        f"{msg[-1] if msg else ''}")
+                error = _task_error(stage, label, e.cause if getattr(e, "cause", None) is not None else e)
             except ray.exceptions.RayError as e:
                 error = EngineError(f"{stage} failed on shard {label} after {self.config.max_retries} retries: "
                                     f"{type(e).__name__}")
