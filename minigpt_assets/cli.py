@@ -13,6 +13,7 @@ from minigpt_assets.cli_common import _common, _fail, _settings
 from minigpt_assets.recipes import RECIPE_KINDS, Catalog, RecipeError
 from minigpt_assets.settings import quiet_openmp
 from minigpt_assets.tables import format_table
+from minigpt_assets.training.pipeline import STAGE_ASSETS
 
 
 # ------------------------------------------------------------------------------------------------ validate
@@ -84,7 +85,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 
 DEMO_EXPERIMENT, DEMO_MIXTURE = "minimind-demo", "balanced"
-TRAINING_ASSETS = {"pretrained_model", "sft_model", "aligned_model"}
+TRAINING_ASSETS = set(STAGE_ASSETS.values())  # pretrained, sft, aligned and reward models
 EVAL_ASSETS = {"benchmark_scores", "experiment_comparison"}
 SWEEP_ASSETS = {"sweep_points", "point_mixture", "proxy_model", "proxy_scores", "mixture_search", "mixture_transfer",
                 "scaling_law"}  # `minigpt sweep NAME` runs these

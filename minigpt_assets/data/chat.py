@@ -240,17 +240,20 @@ def arithmetic_preferences(limit: int = 4000, seed: int = 0, max_operand: int = 
 
 
 # ------------------------------------------------------------------------------------------------ tasks (grpo)
-def load_tasks(path: Path) -> list[dict]:
-    """A jsonl file with one `{"messages": [...prompt...], "answer": str}` per line."""
+def load_tasks(path: Path, answers: bool = True) -> list[dict]:
+    """A jsonl file with one `{"messages": [...prompt...], "answer": str}` per line (`answers=False`: prompts
+    whose answer a reward model judges; `answer` may be absent)."""
     out = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
         row = json.loads(line)
-        if not (isinstance(row, dict) and isinstance(row.get("messages"), list)
-                and isinstance(row.get("answer"), (str, int, float))):
+        ok = isinstance(row, dict) and isinstance(row.get("messages"), list)
+        if answers and not (ok and isinstance(row.get("answer"), (str, int, float))):
             raise ValueError(f"{path}:{n}: expected {{\"messages\": [...], \"answer\": str}}")
-        out.append({"messages": row["messages"], "answer": str(row["answer"])})
+        if not ok:
+            raise ValueError(f"{path}:{n}: expected {{\"messages\": [...prompt...]}}")
+        out.append({"messages": row["messages"], "answer": str(row.get("answer", ""))})
     return out
 
 

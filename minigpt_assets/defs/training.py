@@ -1,5 +1,5 @@
 """Training assets, partitioned by experiment x mixture: pretrained_model (pretrain) -> sft_model (sft, lora or
-distill) -> aligned_model (dpo or grpo). Each runs its experiment's stage through Dagster Pipes (a subprocess or
+distill) -> aligned_model (dpo, grpo or ppo) or reward_model (reward). Each runs its experiment's stage through Dagster Pipes (a subprocess or
 torchrun that streams metrics back) and publishes a checkpoint."""
 
 import base64
@@ -14,11 +14,12 @@ from minigpt_assets.defs.partitions import Partitions
 from minigpt_assets.defs.resources import ProjectResource
 from minigpt_assets.recipes import Catalog
 from minigpt_assets.settings import quiet_openmp
-from minigpt_assets.training.pipeline import STAGE_ASSETS, stage_partition, teacher_stage, train_stage
+from minigpt_assets.training.pipeline import STAGE_ASSETS, reward_stage, stage_partition, teacher_stage, train_stage
 
 ASSET = "pretrained_model"
 SFT_ASSET = "sft_model"
 ALIGNED_ASSET = "aligned_model"
+REWARD_ASSET = "reward_model"
 
 
 def split_training_key(key) -> tuple[str, str]:
@@ -30,10 +31,12 @@ def split_training_key(key) -> tuple[str, str]:
     return exp, mix
 
 
-def _stage_partitions(cat: Catalog, parts: Partitions, slot: int) -> dg.MultiPartitionsDefinition | None:
-    """experiment x mixture for the experiments that have a stage in this slot of the chain."""
+def _stage_partitions(cat: Catalog, parts: Partitions, slot: int,
+                      asset: str | None = None) -> dg.MultiPartitionsDefinition | None:
+    """experiment x mixture for the experiments that have a stage in this slot of the chain (publishing `asset`)."""
     exps = sorted(e for e in parts.experiments.get_partition_keys()
-                  if len(cat.experiments[e].stages) > slot) if parts.experiments else []
+                  if len(cat.experiments[e].stages) > slot
+                  and asset in (None, STAGE_ASSETS[cat.experiments[e].stages[slot].kind])) if parts.experiments else []
     if not exps or parts.mixtures is None:
         return None
     return dg.MultiPartitionsDefinition({"experiment": dg.StaticPartitionsDefinition(exps),
@@ -52,21 +55,25 @@ def same_run(child: dg.PartitionsDefinition, parent: dg.PartitionsDefinition) ->
 
 
 def wait_for_teacher(context, store, cat: Catalog, experiment: str, mixture: str, slot: int) -> None:
-    """A distill stage whose teacher (another experiment's stage on this mixture) is not published yet but is
-    being trained by a run in flight — the same backfill reaches both at once — waits for it: the step is
-    retried every 30 s (Dagster's RetryRequested) instead of failing. With no such run it goes on and fails with
-    the one line that says how to train the teacher."""
+    """A distill stage whose teacher, or a ppo stage whose reward model (another experiment's stage on this
+    mixture), is not published yet but is being trained by a run in flight — the same backfill reaches both at
+    once — waits for it: the step is retried every 30 s (Dagster's RetryRequested) instead of failing. With no
+    such run it goes on and fails with the one line that says how to train it."""
     st = cat.experiments[experiment].stages[slot]
-    if st.kind != "distill" or st.distill.teacher_path:
+    if st.kind == "distill" and not st.distill.teacher_path:
+        name, chosen = teacher_stage(cat, st, experiment, slot)
+    elif st.kind == "ppo" and st.ppo.reward_from is not None and st.ppo.reward_from.experiment:
+        name, chosen = reward_stage(cat, st, experiment, slot)
+    else:
         return
-    name, chosen = teacher_stage(cat, st, experiment, slot)
     asset = STAGE_ASSETS[chosen.kind]
     if store.current(asset, stage_partition(name, mixture)) is not None:
         return
     runs = context.instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT, tags={
         "dagster/partition/experiment": name, "dagster/partition/mixture": mixture}))
     if any(dg.AssetKey(asset) in (r.dagster_run.asset_selection or ()) for r in runs):
-        context.log.info(f"waiting for the teacher {name}/{chosen.stage_name} on {mixture}, trained by a run in flight")
+        context.log.info(f"waiting for {name}/{chosen.stage_name} on {mixture} ({STAGE_ASSETS[chosen.kind]}), "
+                         "trained by a run in flight")
         raise dg.RetryRequested(max_retries=240, seconds_to_wait=30)
 
 
@@ -93,7 +100,7 @@ def _stage_asset(name: str, slot: int, pdef: dg.MultiPartitionsDefinition, deps:
             "run_dir": dg.MetadataValue.path(str(out.run_dir)),
         })
         for k in ("first_loss", "final_loss", "first_val_loss", "final_val_loss", "first_val_reward",
-                  "final_val_reward"):
+                  "final_val_reward", "first_val_reward_accuracy", "final_val_reward_accuracy"):
             if s.get(k) is not None:
                 md[k] = dg.MetadataValue.float(float(s[k]))
         md["bad_steps"] = dg.MetadataValue.int(int(s["bad_steps"]))
@@ -138,10 +145,18 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
                                                 recipe],
                             "Fine-tune the pretrained model (sft, LoRA adapters merged into the weights, or "
                             "distillation from a teacher).")
-    aligned = _stage_partitions(cat, parts, 2)
-    if aligned is not None:  # experiments order their stages pretrain -> sft|lora|distill -> dpo|grpo
+    # experiments order their stages pretrain -> sft|lora|distill -> dpo|grpo|ppo|reward
+    aligned = _stage_partitions(cat, parts, 2, ALIGNED_ASSET)
+    if aligned is not None:
         out += _stage_asset(ALIGNED_ASSET, 2, aligned,
                             [dg.AssetDep(SFT_ASSET, partition_mapping=same_run(aligned, sft)), recipe],
-                            "Align the fine-tuned model: DPO/IPO on preference pairs, or GRPO with a rule-based "
-                            "reward, against its frozen copy.")
+                            "Align the fine-tuned model: DPO/IPO on preference pairs, GRPO with a rule-based "
+                            "reward, or PPO against a trained reward model or a rule, measured against its frozen "
+                            "copy.")
+    rewarded = _stage_partitions(cat, parts, 2, REWARD_ASSET)
+    if rewarded is not None:
+        out += _stage_asset(REWARD_ASSET, 2, rewarded,
+                            [dg.AssetDep(SFT_ASSET, partition_mapping=same_run(rewarded, sft)), recipe],
+                            "A reward model: the fine-tuned model with a scalar head on the last token, trained on "
+                            "preference pairs (Bradley-Terry); ppo stages name it with reward_from.")
     return out

@@ -114,7 +114,7 @@ def to_hf_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str,
     arch = hf_class(cfg)
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
-        if k == "lm_head.weight" and cfg.tie_embeddings:
+        if (k == "lm_head.weight" and cfg.tie_embeddings) or k == "score.weight":  # a causal LM: no scalar head
             continue
         m = re.match(r"^(model\.layers\.\d+\.mlp)\.experts\.(gate_proj|up_proj|down_proj)$", k)
         if m:
@@ -387,6 +387,8 @@ def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
 def _load_into(cfg: ModelConfig, sd: dict[str, torch.Tensor], where: str, dtype=None):
     model = build_model(cfg, device="meta")
     model = model.to_empty(device="cpu")
+    if "score.weight" in sd:  # a reward model (or a policy with PPO's value head)
+        model.add_score_head()
     model.init_weights()  # buffers (rotary, router counts) and anything the checkpoint lacks is checked below
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not (cfg.tie_embeddings and k == "lm_head.weight")

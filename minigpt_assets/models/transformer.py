@@ -70,13 +70,29 @@ class Transformer(nn.Module):
                 mod.gate.expert_bias.zero_()
                 mod.gate.tokens_per_expert.zero_()
 
+    # -- scalar head
+    def add_score_head(self) -> None:
+        """A scalar head on the final hidden state, `score` (transformers' name in its *ForSequenceClassification
+        models): a reward model's score, or PPO's value of each position. N(0, init_std) like every matrix; a
+        checkpoint with `score.weight` loads with the head (`interop.from_pretrained`)."""
+        if getattr(self, "score", None) is not None:
+            return
+        w = self.lm_head.weight
+        self.score = nn.Linear(self.config.hidden_size, 1, bias=False, device=w.device, dtype=w.dtype)
+        if w.device.type != "meta":
+            nn.init.normal_(self.score.weight, 0.0, self.config.init_std)
+
     # -- forward
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 doc_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
+                labels: torch.Tensor | None = None, heads: str = "lm"):
         """Logits; with `labels` [B, T] (-100: not trained), the summed fp32 cross-entropy instead, computed a
-        chunk of tokens at a time so the logits never exist whole (`cross_entropy.linear_cross_entropy`)."""
+        chunk of tokens at a time so the logits never exist whole (`cross_entropy.linear_cross_entropy`).
+        `heads="score"`: the score head's value at every position [B, T] instead; `"both"`: (logits, scores)."""
         h = self.hidden_states(input_ids, position_ids, doc_ids, cache)
+        if heads != "lm":
+            scores = self.score(h).squeeze(-1)
+            return scores if heads == "score" else (self.lm_head(h), scores)
         if labels is None:
             return self.lm_head(h)
         if isinstance(self.lm_head, nn.Linear):

@@ -131,20 +131,77 @@ class GRPOConfig(_Strict):
     shuffle_advantages: bool = False
 
 
-STAGE_SLOTS = {"pretrain": 0, "sft": 1, "lora": 1, "distill": 1, "dpo": 2, "grpo": 2}
+class RewardConfig(_Strict):
+    """A reward model (`kind: reward`): the starting model with a scalar head (`score`) read at the last token
+    of prompt + answer, trained on preference pairs with the Bradley-Terry loss -log sigmoid(r_chosen -
+    r_rejected). `center` adds `center`·(r_chosen + r_rejected)^2, which keeps the scores near 0 (InstructGPT
+    normalizes its reward model's scores; this is the soft version, as in TRL's `center_rewards_coefficient`)."""
+
+    center: float = Field(0.0, ge=0)
+
+
+class RewardSource(_Strict):
+    """Where a ppo stage's reward comes from: a trained reward model — another experiment's `reward` stage on
+    the same mixture (`experiment`, and `stage` when it has several) — or a model folder (`path`)."""
+
+    experiment: str | None = None
+    stage: str | None = None
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "RewardSource":
+        if (self.experiment is None) == (self.path is None):
+            raise ValueError("reward_from names exactly one of experiment or path")
+        return self
+
+
+class PPOConfig(_Strict):
+    """PPO against a reward (Schulman et al. 2017; the RLHF recipe of InstructGPT, Ouyang et al. 2022): sample
+    one answer per prompt, score it (a trained reward model named by `reward_from`, or the rule `reward`), give
+    every answer token the reward -beta·(log pi - log pi_ref) and the score on its last token, estimate
+    advantages with GAE (gamma, lam) against a value head on the policy, then take `epochs` clipped updates
+    (policy ratio clip `clip`, value clip `value_clip`, value loss weight `vf_coef`) per batch of rollouts."""
+
+    reward: Literal["number_match"] | None = None  # a rule reward (as grpo), when no reward model is named
+    reward_from: RewardSource | None = None
+    epochs: int = Field(4, ge=1)
+    clip: float = Field(0.2, gt=0)
+    value_clip: float = Field(0.2, gt=0)
+    vf_coef: float = Field(0.1, ge=0)
+    gamma: float = Field(1.0, gt=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    beta: float = Field(0.05, ge=0)  # KL penalty to the frozen starting policy, per token
+    max_new_tokens: int = Field(32, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_k: int | None = Field(None, gt=0)
+    whiten_advantages: bool = True
+    # a control run, as grpo's: the advantages permuted across the batch's answer tokens (seeded)
+    shuffle_advantages: bool = False
+
+    @model_validator(mode="after")
+    def _one_reward(self) -> "PPOConfig":
+        if (self.reward is None) == (self.reward_from is None):
+            raise ValueError("a ppo stage needs exactly one reward source: `reward: number_match` (a rule) or "
+                             "`reward_from: {experiment: NAME}` (a trained reward model)")
+        return self
+
+
+STAGE_SLOTS = {"pretrain": 0, "sft": 1, "lora": 1, "distill": 1, "dpo": 2, "grpo": 2, "reward": 2, "ppo": 2}
 
 
 class StageConfig(_Strict):
     """One training stage. `batch_size` is global (sequences per optimizer step, over all ranks; for grpo,
     prompts); `micro_batch_size` is per rank and forward pass, the rest is gradient accumulation."""
 
-    kind: Literal["pretrain", "sft", "lora", "distill", "dpo", "grpo"] = "pretrain"
+    kind: Literal["pretrain", "sft", "lora", "distill", "dpo", "grpo", "reward", "ppo"] = "pretrain"
     name: str | None = None
     chat: ChatData | None = None  # the stage's data (see ChatData); distill without it uses the mixture
     dpo: DPOConfig = DPOConfig()
     lora: LoraConfig | None = None  # adapters instead of full fine-tuning (implied by kind: lora)
     distill: DistillConfig | None = None
     grpo: GRPOConfig = GRPOConfig()
+    reward: RewardConfig = RewardConfig()
+    ppo: PPOConfig | None = None
     max_steps: int = Field(100, gt=0)
     batch_size: int = Field(16, gt=0)
     # auto: start at the whole per-rank batch and halve on CUDA out-of-memory until a step fits (one process)
@@ -175,11 +232,21 @@ class StageConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "StageConfig":
-        if self.kind in ("sft", "lora", "dpo", "grpo") and self.chat is None:
-            example = "arithmetic" if self.kind == "grpo" else "python_qa"
+        if self.kind in ("sft", "lora", "dpo", "grpo", "reward", "ppo") and self.chat is None:
+            example = "arithmetic" if self.kind in ("grpo", "ppo") else "python_qa"
             raise ValueError(f"a {self.kind} stage needs `chat:` (e.g. {{kind: builtin, name: {example}}})")
         if self.kind == "distill" and self.distill is None:
             raise ValueError("a distill stage needs `distill:` with teacher_path or teacher_experiment")
+        if self.kind == "ppo" and self.ppo is None:
+            raise ValueError("a ppo stage needs `ppo:` with its reward source (`reward: number_match`, or "
+                             "`reward_from: {experiment: NAME}` naming a reward stage)")
+        if self.kind != "ppo" and self.ppo is not None:
+            raise ValueError(f"`ppo:` configures a ppo stage; this stage is {self.kind}")
+        if self.kind == "ppo" and self.ppo.reward and self.chat.kind == "builtin" and self.chat.name != "arithmetic":
+            raise ValueError(f"ppo with the rule reward {self.ppo.reward} needs tasks with checkable answers; builtin "
+                             f"{self.chat.name} has none (use arithmetic, or a trained reward model)")
+        if self.kind in ("reward", "ppo") and self.lora is not None:
+            raise ValueError(f"`lora:` is not supported on a {self.kind} stage (its scalar head trains in full)")
         if self.kind == "pretrain" and self.lora is not None:
             raise ValueError("`lora:` adapts a trained model; it does not apply to pretraining")
         if self.kind == "grpo" and self.chat is not None and self.chat.kind == "builtin" and self.chat.name != "arithmetic":
@@ -205,7 +272,7 @@ class ExperimentRecipe(_Strict):
         kinds = [s.kind for s in self.stages]
         if [STAGE_SLOTS[k] for k in kinds] != list(range(len(kinds))):
             raise ValueError("stages must be pretrain, then optionally one of sft, lora or distill, then optionally "
-                             f"one of dpo or grpo (got {', '.join(kinds)}); each starts from the one before")
+                             f"one of dpo, grpo, reward or ppo (got {', '.join(kinds)}); each starts from the one before")
         names = [s.stage_name for s in self.stages]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

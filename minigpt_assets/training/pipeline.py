@@ -25,11 +25,14 @@ from minigpt_assets.settings import TrainingProfile, load_profile, quiet_openmp
 from minigpt_assets.store import Artifact, ArtifactStore, StatsDB
 from minigpt_assets.training.config import STAGE_SLOTS, StageConfig
 
-SLOT_ASSETS = ("pretrained_model", "sft_model", "aligned_model")  # by STAGE_SLOTS: pretrain; sft|lora|distill; dpo|grpo
-STAGE_ASSETS = {kind: SLOT_ASSETS[slot] for kind, slot in STAGE_SLOTS.items()}
+STAGE_ASSETS = {"pretrain": "pretrained_model", "sft": "sft_model", "lora": "sft_model", "distill": "sft_model",
+                "dpo": "aligned_model", "grpo": "aligned_model", "ppo": "aligned_model", "reward": "reward_model"}
+assert set(STAGE_ASSETS) == set(STAGE_SLOTS)
 MIXTURE_ASSET, TOKENIZER_ASSET = "mixture", "tokenizer"
 
-OBJECTIVE_METRICS = ("reward_accuracy", "val_reward_accuracy", "reward", "val_reward", "kl")
+OBJECTIVE_METRICS = ("reward_accuracy", "val_reward_accuracy", "reward", "val_reward", "kl", "reward_margin",
+                     "val_reward_margin", "completion_tokens", "clip_fraction", "value_loss", "entropy")
+DATA_KINDS = {"dpo": "preferences", "reward": "preferences", "grpo": "tasks", "ppo": "tasks"}  # others: chat
 Launcher = Callable[[list[str], Path], int]  # (command, log file) -> exit code
 
 
@@ -177,18 +180,31 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
         if chat_len > model_cfg.max_seq_len:
             raise PipelineError(f"recipes/experiments/{experiment}.yaml: stages.{index}.chat.seq_len: {chat_len} is "
                                 f"longer than the model's max_seq_len ({model_cfg.max_seq_len})")
-        kind = {"dpo": "preferences", "grpo": "tasks"}.get(st.kind, "chat")
-        data = {"kind": kind, "chat": st.chat.model_dump(mode="json"), "tokenizer": str(tok_art.path),
-                "seq_len": chat_len, "max_prompt_len": max(8, chat_len - st.grpo.max_new_tokens)}
+        new_tokens = st.ppo.max_new_tokens if st.kind == "ppo" else st.grpo.max_new_tokens
+        data = {"kind": DATA_KINDS.get(st.kind, "chat"), "chat": st.chat.model_dump(mode="json"),
+                "tokenizer": str(tok_art.path), "seq_len": chat_len, "max_prompt_len": max(8, chat_len - new_tokens),
+                "answers": not (st.kind == "ppo" and st.ppo.reward_from is not None)}
     teacher = resolve_teacher(store, cat, st, mixture, experiment, index) if st.kind == "distill" else None
-    # what this stage's result depends on (not the later stages: adding an SFT stage keeps the pretraining run)
+    reward = None
+    if st.kind == "ppo" and st.ppo.reward_from is not None:
+        reward = resolve_reward_model(store, cat, st, mixture, experiment, index)
+        check_same_tokenizer(reward[0], tok_art.path, f"recipes/experiments/{experiment}.yaml: stages.{index}."
+                                                      "ppo.reward_from")
+    # what this stage's result depends on (not the later stages: adding an SFT stage keeps the pretraining run);
+    # the starting point by its weights, so experiments that share a prefix of stages share its runs
     key = hashlib.sha256(json.dumps({"model": model_cfg.model_dump(mode="json", exclude={"description"}),
                                      "stage": st.model_dump(mode="json"), "index": index,
-                                     "mixture": mix_art.version, "init": init.version if init else None,
+                                     "mixture": mix_art.version, "init": weights_sha(init) if init else None,
                                      **({"teacher": teacher[1]} if teacher else {}),
+                                     **({"reward_model": reward[1]} if reward else {}),
                                      **({"data_file": d} if st.chat is not None and (d := st.chat.file_digest()) else {})},
                                     sort_keys=True).encode()).hexdigest()[:12]
     run_dir = Path(home) / "runs" / experiment / mixture / f"{st.stage_name}-{key}"
+    done = finished_elsewhere(Path(home), mixture, f"{st.stage_name}-{key}", st.max_steps, run_dir)
+    if done is not None and resume and max_steps is None:  # the same stage from the same weights: trained once
+        print(f"{experiment}/{mixture}/{st.stage_name}: the same run finished as {done}; publishing it", flush=True)
+        return publish_stage(store, done, mixture, experiment, st, tok_art.path,
+                             {"mixture_version": mix_art.version} if data["kind"] == "mixture" else None)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:  # start over: nothing of an earlier run of the same key survives
         import shutil
@@ -198,7 +214,7 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
     profile = profile or load_profile(exp.compute).training
     spec = {"model": model_cfg.model_dump(mode="json"), "stage": st.model_dump(mode="json"), "run_dir": str(run_dir),
             "data": data, "max_steps": max_steps, "init_weights": str(init.path) if init else None,
-            "teacher": str(teacher[0]) if teacher else None,
+            "teacher": str(teacher[0]) if teacher else None, "reward_model": str(reward[0]) if reward else None,
             "device": device or profile.device, "resume": resume, "strategy": profile.strategy,
             "wandb": {**profile.wandb.model_dump(), "name": f"{experiment}/{mixture}/{st.stage_name}",
                       "group": wandb_group or f"{experiment}/{mixture}", "id": f"{experiment}-{mixture}-{st.stage_name}-{key}"}}
@@ -213,39 +229,123 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
                          {"mixture_version": mix_art.version} if data["kind"] == "mixture" else None)
 
 
+def weights_sha(art: Artifact) -> str:
+    """sha256 of a published model's weights (its manifest has it): what a later stage starts from."""
+    return next(f["sha256"] for f in art.manifest["files"] if f["path"] == "model.safetensors")
+
+
+def finished_elsewhere(home: Path, mixture: str, name: str, max_steps: int, own: Path) -> Path | None:
+    """A complete run of the same key (`<stage>-<key>`) under any experiment on this mixture: the same model,
+    stage settings, position, data and starting weights, so the same result (another experiment with the same
+    first stages). None when there is none, or when this experiment's own run exists (it resumes or republishes)."""
+    from minigpt_assets.training.checkpoint import latest_checkpoint
+
+    if own.is_dir():
+        return None
+    for cand in sorted((home / "runs").glob(f"*/{mixture}/{name}")):
+        last = latest_checkpoint(cand / "checkpoints")
+        if last is not None and json.loads((last / "trainer.json").read_text())["step"] >= max_steps:
+            return cand
+    return None
+
+
+def other_stage(cat: Catalog, where: str, name: str, stage: str | None, kind: str | None = None,
+                field: str = "experiment") -> tuple[str, StageConfig]:
+    """(experiment, stage) that a stage names in another experiment: `stage`, else the one of `kind`, else its
+    last stage. `where` and `field` name the recipe field for the error line."""
+    if name not in cat.experiments:
+        raise PipelineError(f"{where}.{field}: unknown experiment {name!r}")
+    stages = cat.experiments[name].stages
+    if stage is not None:
+        chosen = next((s for s in stages if s.stage_name == stage), None)
+        if chosen is None:
+            raise PipelineError(f"{where}.stage: experiment {name!r} has no stage {stage!r}")
+    else:
+        chosen = next((s for s in stages if s.kind == kind), None) if kind else stages[-1]
+    if kind is not None and (chosen is None or chosen.kind != kind):
+        raise PipelineError(f"{where}: experiment {name!r} has no {kind} stage"
+                            + (f" ({stage!r} is {chosen.kind})" if chosen is not None else ""))
+    return name, chosen
+
+
 def teacher_stage(cat: Catalog, st: StageConfig, experiment: str, index: int) -> tuple[str, StageConfig]:
     """(experiment, stage) that a distill stage names as its teacher (its last stage unless `teacher_stage`)."""
     d = st.distill
     where = f"recipes/experiments/{experiment}.yaml: stages.{index}.distill"
-    name = d.teacher_experiment
-    if name not in cat.experiments:
-        raise PipelineError(f"{where}.teacher_experiment: unknown experiment {name!r}")
-    stages = cat.experiments[name].stages
-    chosen = stages[-1] if d.teacher_stage is None else next((s for s in stages if s.stage_name == d.teacher_stage), None)
-    if chosen is None:
-        raise PipelineError(f"{where}.teacher_stage: experiment {name!r} has no stage {d.teacher_stage!r}")
-    return name, chosen
+    try:
+        return other_stage(cat, where, d.teacher_experiment, d.teacher_stage, field="teacher_experiment")
+    except PipelineError as e:
+        raise PipelineError(str(e).replace(f"{where}.stage:", f"{where}.teacher_stage:")) from None
+
+
+def reward_stage(cat: Catalog, st: StageConfig, experiment: str, index: int) -> tuple[str, StageConfig]:
+    """(experiment, stage) of the reward model a ppo stage's `reward_from` names."""
+    r = st.ppo.reward_from
+    return other_stage(cat, f"recipes/experiments/{experiment}.yaml: stages.{index}.ppo.reward_from", r.experiment,
+                       r.stage, kind="reward")
+
+
+def _published(store: ArtifactStore, cat: Catalog, name: str, chosen: StageConfig, mixture: str, where: str,
+               role: str) -> tuple[Path, str]:
+    """(folder, version) of another experiment's published stage on this mixture, or one line on how to train it."""
+    art = store.current(STAGE_ASSETS[chosen.kind], stage_partition(name, mixture))
+    if art is None:
+        raise PipelineError(f"{where}: the {role} {name}/{chosen.stage_name} on {mixture} is not trained yet "
+                            f"(run `minigpt train --experiment {name} --mixture {mixture} --stage {chosen.stage_name}`)")
+    return art.path, art.version
+
+
+def _folder(path_text: str, where: str) -> tuple[Path, str]:
+    """(path, version: a hash of its weights) of a model named by path."""
+    path = Path(os.path.expandvars(path_text)).expanduser()
+    if not path.exists():
+        raise PipelineError(f"{where}: {path} does not exist")
+    version = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(path.glob("*.safetensors"))
+                                      or ([path] if path.is_file() else []))).hexdigest()[:16]
+    return path, version
 
 
 def resolve_teacher(store: ArtifactStore, cat: Catalog, st: StageConfig, mixture: str, experiment: str,
                     index: int) -> tuple[Path, str]:
     """(folder, version) of a distill stage's teacher: a model folder, or another experiment's published
     stage on the same mixture (its last stage unless `teacher_stage` names one)."""
-    d = st.distill
     where = f"recipes/experiments/{experiment}.yaml: stages.{index}.distill"
-    if d.teacher_path:
-        path = Path(os.path.expandvars(d.teacher_path)).expanduser()
-        if not path.exists():
-            raise PipelineError(f"{where}.teacher_path: {path} does not exist")
-        version = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(path.glob("*.safetensors"))
-                                          or ([path] if path.is_file() else []))).hexdigest()[:16]
-        return path, version
+    if st.distill.teacher_path:
+        return _folder(st.distill.teacher_path, f"{where}.teacher_path")
     name, chosen = teacher_stage(cat, st, experiment, index)
-    art = store.current(STAGE_ASSETS[chosen.kind], stage_partition(name, mixture))
-    if art is None:
-        raise PipelineError(f"{where}: the teacher {name}/{chosen.stage_name} on {mixture} is not trained yet "
-                            f"(run `minigpt train --experiment {name} --mixture {mixture} --stage {chosen.stage_name}`)")
-    return art.path, art.version
+    return _published(store, cat, name, chosen, mixture, where, "teacher")
+
+
+def resolve_reward_model(store: ArtifactStore, cat: Catalog, st: StageConfig, mixture: str, experiment: str,
+                         index: int) -> tuple[Path, str]:
+    """(folder, version) of a ppo stage's reward model: a folder, or another experiment's reward stage's
+    published `reward_model` on this mixture. The folder must hold a score head."""
+    where = f"recipes/experiments/{experiment}.yaml: stages.{index}.ppo.reward_from"
+    r = st.ppo.reward_from
+    if r.path:
+        path, version = _folder(r.path, f"{where}.path")
+    else:
+        name, chosen = reward_stage(cat, st, experiment, index)
+        path, version = _published(store, cat, name, chosen, mixture, where, "reward model")
+    from safetensors import safe_open
+
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise PipelineError(f"{where}: {path} has no model.safetensors")
+    with safe_open(str(weights), "pt") as f:
+        if "score.weight" not in f.keys():
+            raise PipelineError(f"{where}: {path} is not a reward model (no score head; train one with kind: reward)")
+    return path, version
+
+
+def check_same_tokenizer(model_dir: Path, tokenizer_dir: Path, where: str) -> None:
+    """A model scoring our token ids must have been trained on the same tokenizer (tokenizer.json, byte for byte)."""
+    theirs, ours = Path(model_dir) / "tokenizer.json", Path(tokenizer_dir) / "tokenizer.json"
+    if not theirs.is_file():
+        raise PipelineError(f"{where}: {model_dir} has no tokenizer.json to check against the policy's tokenizer")
+    if theirs.read_bytes() != ours.read_bytes():
+        raise PipelineError(f"{where}: {model_dir} was trained with a different tokenizer than the policy's "
+                            f"({tokenizer_dir}); a reward model must share the policy's tokenizer")
 
 
 def publish_stage(store: ArtifactStore, run_dir: Path, mixture: str, experiment: str, st: StageConfig,
@@ -267,11 +367,22 @@ def publish_stage(store: ArtifactStore, run_dir: Path, mixture: str, experiment:
                "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
                "first_val_loss": vals[0] if vals else None, "final_val_loss": vals[-1] if vals else None,
                "max_steps": st.max_steps, "complete": trainer["step"] >= st.max_steps}
-    if rewards:  # grpo: greedy reward on held-out tasks
+    if rewards:  # grpo, ppo: greedy reward on held-out tasks
         summary.update(first_val_reward=rewards[0], final_val_reward=rewards[-1])
+    accuracy = [r["val_reward_accuracy"] for r in rows if r["val_reward_accuracy"] is not None]
+    if accuracy:  # dpo, reward: held-out pair accuracy
+        summary.update(first_val_reward_accuracy=accuracy[0], final_val_reward_accuracy=accuracy[-1])
     with store.stage(STAGE_ASSETS[st.kind], stage_partition(experiment, mixture)) as stg:
-        for name in ("model_config.json", "model.safetensors"):
-            shutil.copy2(last / name, stg.path / name)
+        shutil.copy2(last / "model_config.json", stg.path / "model_config.json")
+        if st.kind == "ppo":  # the policy alone: the value head served the updates, and the model loads as an LM
+            from safetensors import safe_open
+            from safetensors.torch import save_file
+
+            with safe_open(str(last / "model.safetensors"), "pt") as f:
+                save_file({k: f.get_tensor(k) for k in f.keys() if k != "score.weight"},
+                          str(stg.path / "model.safetensors"), metadata=f.metadata())
+        else:
+            shutil.copy2(last / "model.safetensors", stg.path / "model.safetensors")
         if (last / "adapter").is_dir():  # LoRA: the weights above are merged; the adapter alone, peft format
             shutil.copytree(last / "adapter", stg.path / "adapter")
         for f in tokenizer_dir.iterdir():

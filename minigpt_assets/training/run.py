@@ -4,7 +4,7 @@ SPEC is JSON: {"model": {model recipe fields}, "stage": {stage fields}, "run_dir
 "data": {"kind": "mixture", "path": MIXTURE_ARTIFACT} | {"kind": "array", "path": "x.npy", "seq_len": N, "eos": E}
 | {"kind": "chat" | "preferences" | "tasks", "chat": {ChatData fields}, "tokenizer": dir, ...},
 "max_steps": optional int, "device": optional str, "init_weights": optional checkpoint folder,
-"teacher": optional model folder (distill), "strategy": "none" | "ddp" | "fsdp"}. Under `torchrun` (WORLD_SIZE > 1) it joins the process group (gloo on CPU,
+"teacher": optional model folder (distill), "reward_model": optional reward model folder (ppo), "strategy": "none" | "ddp" | "fsdp"}. Under `torchrun` (WORLD_SIZE > 1) it joins the process group (gloo on CPU,
 NCCL on GPUs) and each rank trains its share of every global batch. Rank 0 prints `RESULT {json}` last.
 """
 
@@ -93,13 +93,19 @@ def open_chat(spec: dict):
 
 
 def open_tasks(spec: dict):
-    """(train, validation) PromptTasks (prompts with checkable answers) for grpo: {"chat": ChatData fields,
-    "tokenizer": dir, "max_prompt_len": N}."""
-    from minigpt_assets.data.chat import PromptTasks, arithmetic, load_tasks
+    """(train, validation) PromptTasks for grpo and ppo: {"chat": ChatData fields, "tokenizer": dir,
+    "max_prompt_len": N, "answers": whether each prompt needs a reference answer (a rule reward)}. The builtin
+    python_qa prompts (for ppo with a reward model) carry their docstring answer as the reference."""
+    from minigpt_assets.data.chat import PromptTasks, arithmetic, load_tasks, python_qa
     from minigpt_assets.training.config import ChatData
 
     chat = ChatData.model_validate(spec["chat"])
-    rows = arithmetic(chat.limit, max_operand=chat.max_operand) if chat.kind == "builtin" else load_tasks(Path(chat.location))[:chat.limit]
+    if chat.kind == "jsonl":
+        rows = load_tasks(Path(chat.location), answers=spec.get("answers", True))[:chat.limit]
+    elif chat.name == "arithmetic":
+        rows = arithmetic(chat.limit, max_operand=chat.max_operand)
+    else:
+        rows = [{"messages": c[:2], "answer": c[2]["content"]} for c in python_qa(chat.limit)]
     train, val = _split(rows, chat.validation_fraction)
     tok = Path(spec["tokenizer"])
     return PromptTasks(tok, train, spec["max_prompt_len"]), (PromptTasks(tok, val, spec["max_prompt_len"])
@@ -199,7 +205,8 @@ def run(spec: dict) -> dict:
                               init_weights=Path(spec["init_weights"]) if spec.get("init_weights") else None,
                               hook=kill_hook_from_env(), on_metrics=_reporter(pipes, wandb_run) if rank == 0 else None,
                               rank=rank, world_size=world, strategy=spec.get("strategy", "none"),
-                              teacher=Path(spec["teacher"]) if spec.get("teacher") else None)
+                              teacher=Path(spec["teacher"]) if spec.get("teacher") else None,
+                              reward_model=Path(spec["reward_model"]) if spec.get("reward_model") else None)
             return _fit(trainer, spec)
     finally:
         if wandb_run is not None:

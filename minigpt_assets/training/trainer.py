@@ -27,7 +27,8 @@ from minigpt_assets.training.optimizers import OptimizerError, build_optimizer
 
 
 STRATEGIES = ("none", "ddp", "fsdp", "zero2", "zero3")  # zero*: DeepSpeed ZeRO stage 2 or 3
-STAGE_METRICS = ("reward_accuracy", "reward_margin", "reward", "kl", "completion_tokens")
+STAGE_METRICS = ("reward_accuracy", "reward_margin", "reward", "kl", "completion_tokens", "clip_fraction", "value_loss",
+                 "entropy")
 
 
 class TrainingError(RuntimeError):
@@ -69,7 +70,8 @@ class Trainer:
     def __init__(self, model_cfg: ModelConfig, stage: StageConfig, train, run_dir: Path, val=None,
                  device: str | None = None, init_weights: Path | None = None, rank: int = 0, world_size: int = 1,
                  on_metrics: Callable[[dict], None] | None = None, hook: Callable[[str, int], None] | None = None,
-                 strategy: str = "none", teacher: Path | None = None, deferred: bool | None = None):
+                 strategy: str = "none", teacher: Path | None = None, deferred: bool | None = None,
+                 reward_model: Path | None = None):
         if strategy not in STRATEGIES:
             raise TrainingError(f"unknown parallel strategy {strategy!r} ({', '.join(STRATEGIES)})")
         if strategy != "none" and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -105,9 +107,11 @@ class Trainer:
             self.model.load_state_dict(from_pretrained(init_weights).state_dict())
         elif stage.kind != "pretrain":
             raise TrainingError(f"a {stage.kind} stage starts from the previous stage's checkpoint (init_weights)")
+        if stage.kind in ("reward", "ppo"):  # the reward model's score, or PPO's value of each position
+            self.model.add_score_head()
         from minigpt_assets.training.objectives import build_objective
 
-        self.objective = build_objective(self, teacher)  # a reference copy is of the weights just loaded
+        self.objective = build_objective(self, teacher, reward_model)  # a reference copy is of the weights just loaded
         self.adapters = stage.adapters
         if self.adapters is not None:
             from minigpt_assets.training.lora import apply_lora
@@ -246,6 +250,21 @@ class Trainer:
         if self.engine is not None:
             n_micro = self.local_batch // self.micro
             return self._deepspeed_step(batch, n_micro, torch.zeros((), device=self.device))
+        lr = float(self.scheduler.get_last_lr()[0])  # a tensor for torchao optimizers
+        updates = [self._update(batch) for _ in range(self.objective.epochs)]  # ppo: epochs on one batch
+        loss_value, grad_value, finite = updates[-1]
+        if len(updates) > 1:  # the loss is the mean over the updates; the gradient norm the last update's
+            loss_value = sum(u[0] for u in updates) / len(updates)
+            finite = all(u[2] for u in updates) if not self.deferred else torch.stack([u[2] for u in updates]).all()
+        self.scheduler.step()
+        out = {"loss": loss_value, "grad_norm": grad_value, "lr": lr, "finite": finite, **self._stats_over_ranks()}
+        if "tokens" in batch:
+            out["tokens"] = batch["tokens"]
+        return out
+
+    def _update(self, batch: dict) -> tuple:
+        """One optimizer update on the batch: forward and backward of every micro-batch, clipping, the step.
+        Returns (loss, gradient norm, finite), on the device in the deferred mode."""
         total = self._until_it_fits(
             lambda: self._accumulate(batch),
             lambda: f"out of memory at micro_batch_size {self.micro} (batch {self.local_batch} per rank); "
@@ -258,7 +277,6 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else float("inf"))
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor over the shards
             grad_norm = grad_norm.full_tensor()
-        lr = float(self.scheduler.get_last_lr()[0])  # a tensor for torchao optimizers
         if self.deferred:  # no host sync: the fused optimizer skips a non-finite step on the device itself
             finite = torch.isfinite(total) & torch.isfinite(grad_norm)
             self.optimizer.found_inf = (~finite).float()
@@ -272,11 +290,7 @@ class Trainer:
                 if self.model_cfg.moe is not None:
                     self.model.update_router_bias()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        out = {"loss": loss_value, "grad_norm": grad_value, "lr": lr, "finite": finite, **self._stats_over_ranks()}
-        if "tokens" in batch:
-            out["tokens"] = batch["tokens"]
-        return out
+        return loss_value, grad_value, finite
 
     def _until_it_fits(self, attempt: Callable[[], Any], message: Callable[[], str]) -> Any:
         """`attempt()`; after an out-of-memory error under `micro_batch_size: auto`, halve the micro-batch and

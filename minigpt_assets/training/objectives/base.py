@@ -3,7 +3,8 @@
 The loop (`training/trainer.py`) builds the model, parallelizes it, steps the optimizer, checkpoints and resumes;
 it knows no objective. An objective turns a batch from the loader into a loss and its statistics:
 
-- `prepare(batch)`: anything done once per optimizer step before the micro-batches (GRPO samples its rollouts);
+- `prepare(batch)`: anything done once per step before the micro-batches (GRPO and PPO sample their rollouts);
+  a step then takes `epochs` optimizer updates on the prepared batch (one, except PPO's);
 - `loss(batch, lo, hi)`: the loss of rows `lo:hi` and the objective's own numbers (reward, KL, accuracy);
 - `evaluate(val, n)`: the validation loss (or None) and `val_*` statistics.
 """
@@ -29,6 +30,8 @@ class Objective:
     val_stats: tuple[str, ...] = ()
     #: the tokens a step trains come from the prepared batch (`batch["tokens"]`), not the window size
     counts_batch_tokens = False
+    #: optimizer updates per prepared batch (ppo: several epochs over one batch of rollouts)
+    epochs = 1
 
     def __init__(self, trainer: "Trainer"):
         self.trainer = trainer

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import xxhash
 
 from minigpt_assets.training.objectives.base import Objective, sequence_logps
+from minigpt_assets.training.objectives.rollouts import rule_rewards, sample
 
 
 class GRPO(Objective):
@@ -36,53 +36,18 @@ class GRPO(Objective):
     @torch.no_grad()
     def rollouts(self, data, idx, greedy: bool = False) -> dict:
         """Sample `group_size` completions of each prompt in `idx` (one greedy one with `greedy`), reward them,
-        and return padded sequences, completion labels and group-normalized advantages. Prompts of the same
-        length are sampled in one batch (no padding inside the prompt, so the KV-cache decode is exact); the
-        seed is a function of (stage seed, step, prompts), so a resumed run samples the same completions."""
-        from minigpt_assets.models.transformer import generate
-        from minigpt_assets.training.rewards import REWARDS
-
-        t = self.trainer
+        and return padded sequences, completion labels and group-normalized advantages."""
         g = self.stage.grpo
         n = 1 if greedy else g.group_size
-        reward_fn = REWARDS[g.reward]
-        idx = [int(i) for i in idx]
-        buckets: dict[int, list[int]] = {}
-        for j, i in enumerate(idx):
-            buckets.setdefault(len(data.prompts[i]), []).append(j)
-        slots: list[tuple | None] = [None] * (len(idx) * n)  # (sequence, prompt length, reward, completion length)
-        t.model.eval()
-        for plen, members in sorted(buckets.items()):
-            prompts = torch.from_numpy(np.stack([data.prompts[idx[j]] for j in members])).to(t.device)
-            prompts = prompts.repeat_interleave(n, dim=0)
-            seed = xxhash.xxh64_intdigest(f"grpo:{self.stage.seed}:{t.step}:{[idx[j] for j in members]}".encode())
-            with self.autocast():
-                out = generate(t.model, prompts, g.max_new_tokens, temperature=0.0 if greedy else g.temperature,
-                               top_k=g.top_k, eos_token_id=data.eos_id, seed=seed % 2**63)
-            comp = out[:, plen:]
-            is_eos = comp == data.eos_id
-            keep = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # up to and including the first end token
-            for row, (toks, k) in enumerate(zip(comp, keep)):
-                j = members[row // n]
-                toks = toks[k]
-                reward = reward_fn(data.decode(toks.tolist()), data.answers[idx[j]])
-                slots[j * n + row % n] = (torch.cat([prompts[row], toks]), plen, reward, int(k.sum()))
-        seqs, starts, rewards, lengths = zip(*slots)
-        width = max(len(x) for x in seqs)
-        ids = torch.zeros(len(seqs), width, dtype=torch.long, device=t.device)
-        labels = torch.full_like(ids, -100)
-        for r, (x, s0) in enumerate(zip(seqs, starts)):
-            ids[r, :len(x)] = x
-            labels[r, s0 - 1:len(x) - 1] = x[s0:]  # predict the completion tokens only
-        r = torch.tensor(rewards, device=t.device).view(-1, n)
+        ro = sample(self, data, idx, n, g.max_new_tokens, g.temperature, g.top_k, "grpo", greedy)
+        r = torch.tensor(rule_rewards(g.reward, data, ro), device=self.trainer.device).view(-1, n)
         adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4) if n > 1 else torch.zeros_like(r)
         adv = adv.flatten()
         if g.shuffle_advantages and not greedy:
-            gen = torch.Generator().manual_seed(seed % 2**63)  # the seed of the last prompt group: reproducible
+            gen = torch.Generator().manual_seed(ro.seed % 2**63)  # the seed of the last prompt group: reproducible
             adv = adv[torch.randperm(len(adv), generator=gen).to(adv.device)]
-        return {"input_ids": ids[:, :-1], "labels": labels[:, :-1], "advantages": adv,
-                "reward": float(r.mean()), "completion_tokens": float(np.mean(lengths)),
-                "tokens": int((labels != -100).sum() + sum(starts))}
+        return {"input_ids": ro.ids, "labels": ro.labels, "advantages": adv,
+                "reward": float(r.mean()), "completion_tokens": float(np.mean(ro.lengths)), "tokens": ro.tokens}
 
     def loss(self, batch: dict, lo: int, hi: int) -> tuple[torch.Tensor, dict[str, float]]:
         n = self.stage.grpo.group_size
