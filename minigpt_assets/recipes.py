@@ -262,6 +262,21 @@ class Catalog:
             if exp.model not in self.models:
                 self._problem(rel, "model", f"unknown model recipe {exp.model!r} "
                                             f"(known: {', '.join(sorted(self.models)) or 'none'})")
+            for i, st in enumerate(exp.stages):  # stages that name another experiment's stage
+                named = None
+                if st.kind == "ppo" and st.ppo.reward_from is not None and st.ppo.reward_from.experiment:
+                    named = ("ppo.reward_from", st.ppo.reward_from.experiment, st.ppo.reward_from.stage, "reward")
+                elif st.kind == "distill" and st.distill.teacher_experiment:
+                    named = ("distill.teacher_experiment", st.distill.teacher_experiment, st.distill.teacher_stage, None)
+                if named is None:
+                    continue
+                field, other, stage, kind = named
+                target = self.experiments.get(other)
+                if target is None:
+                    self._problem(rel, f"stages.{i}.{field}", f"unknown experiment {other!r}")
+                elif kind and not any(s.kind == kind and stage in (None, s.stage_name) for s in target.stages):
+                    self._problem(rel, f"stages.{i}.{field}", f"experiment {other!r} has no {kind} stage"
+                                                              + (f" named {stage!r}" if stage else ""))
 
         self._expand_sweeps()
 

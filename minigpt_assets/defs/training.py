@@ -131,6 +131,23 @@ def _stage_asset(name: str, slot: int, pdef: dg.MultiPartitionsDefinition, deps:
     return [_asset, loss_decreased]
 
 
+def _reward_mapping(cat: Catalog, aligned: dg.MultiPartitionsDefinition,
+                    rewarded: dg.MultiPartitionsDefinition) -> dg.PartitionMapping | None:
+    """ppo stages that name another experiment's reward model depend on its `reward_model` partition on the same
+    mixture (lineage, staleness, and the order a backfill runs them in); None when no ppo stage does."""
+    have = set(rewarded.get_partitions_def_for_dimension("experiment").get_partition_keys())
+    users: dict[str, list[str]] = {}
+    for e in aligned.get_partitions_def_for_dimension("experiment").get_partition_keys():
+        st = cat.experiments[e].stages[2]
+        if st.kind == "ppo" and st.ppo.reward_from is not None and st.ppo.reward_from.experiment in have:
+            users.setdefault(st.ppo.reward_from.experiment, []).append(e)
+    if not users:
+        return None
+    return dg.MultiPartitionMapping({
+        "experiment": dg.DimensionPartitionMapping("experiment", dg.StaticPartitionMapping(users)),
+        "mixture": dg.DimensionPartitionMapping("mixture", dg.IdentityPartitionMapping())})
+
+
 def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
     if parts.training is None or "experiment_recipe" not in recipe_assets:
         return []
@@ -146,17 +163,19 @@ def build(cat: Catalog, parts: Partitions, recipe_assets: dict) -> list:
                             "Fine-tune the pretrained model (sft, LoRA adapters merged into the weights, or "
                             "distillation from a teacher).")
     # experiments order their stages pretrain -> sft|lora|distill -> dpo|grpo|ppo|reward
-    aligned = _stage_partitions(cat, parts, 2, ALIGNED_ASSET)
-    if aligned is not None:
-        out += _stage_asset(ALIGNED_ASSET, 2, aligned,
-                            [dg.AssetDep(SFT_ASSET, partition_mapping=same_run(aligned, sft)), recipe],
-                            "Align the fine-tuned model: DPO/IPO on preference pairs, GRPO with a rule-based "
-                            "reward, or PPO against a trained reward model or a rule, measured against its frozen "
-                            "copy.")
     rewarded = _stage_partitions(cat, parts, 2, REWARD_ASSET)
     if rewarded is not None:
         out += _stage_asset(REWARD_ASSET, 2, rewarded,
                             [dg.AssetDep(SFT_ASSET, partition_mapping=same_run(rewarded, sft)), recipe],
                             "A reward model: the fine-tuned model with a scalar head on the last token, trained on "
                             "preference pairs (Bradley-Terry); ppo stages name it with reward_from.")
+    aligned = _stage_partitions(cat, parts, 2, ALIGNED_ASSET)
+    if aligned is not None:
+        deps = [dg.AssetDep(SFT_ASSET, partition_mapping=same_run(aligned, sft)), recipe]
+        if rewarded is not None and (scored := _reward_mapping(cat, aligned, rewarded)) is not None:
+            deps.append(dg.AssetDep(REWARD_ASSET, partition_mapping=scored))
+        out += _stage_asset(ALIGNED_ASSET, 2, aligned, deps,
+                            "Align the fine-tuned model: DPO/IPO on preference pairs, GRPO with a rule-based "
+                            "reward, or PPO against a trained reward model or a rule, measured against its frozen "
+                            "copy.")
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import dagster as dg
 import pytest
@@ -302,3 +303,73 @@ def test_lora_then_grpo_chain_and_distill_from_another_experiment(tiny_training_
     _, rows = StatsDB(s.home).query("SELECT stage, count(kl), count(reward), count(val_reward) FROM training_metrics "
                                     "WHERE stage IN ('distill', 'grpo') GROUP BY 1 ORDER BY 1")
     assert rows == [("distill", 3, 0, 0), ("grpo", 2, 2, 2)]
+
+
+def test_reward_model_then_ppo_against_it_through_dagster(tiny_training_recipes, tmp_path, capsys):
+    """pretrain -> sft -> reward in one experiment, pretrain -> sft -> ppo (reward_from it) in another: the shared
+    first stages train once, the reward model is a `reward_model` asset, PPO is scored by it, and a wrong
+    reward source is one line before any training."""
+    exp = tiny_training_recipes / "experiments/exp.yaml"
+    exp.write_text(exp.read_text() + SFT_STAGE + """\
+  - kind: reward
+    max_steps: 4
+    batch_size: 4
+    optim: {lr: 0.003, warmup_steps: 1, weight_decay: 0.0}
+    eval_every: 4
+    eval_batches: 2
+    chat: {kind: builtin, name: python_qa, preference: repetition, limit: 200, seq_len: 256}
+""")
+    rl = tiny_training_recipes / "experiments/rl.yaml"
+    rl.write_text(exp.read_text().split("  - kind: reward")[0] + """\
+  - kind: ppo
+    max_steps: 2
+    batch_size: 2
+    optim: {lr: 0.001, warmup_steps: 1}
+    eval_every: 2
+    eval_batches: 2
+    ppo: {reward_from: {experiment: exp}, max_new_tokens: 6, epochs: 2}
+    chat: {kind: builtin, name: arithmetic, max_operand: 3, validation_fraction: 0.2}
+""")
+    s = _settings(tmp_path, tiny_training_recipes)
+    materialize_graph(s, select=DATA, log=lambda _: None)
+    models = {"pretrained_model", "sft_model", "reward_model", "aligned_model"}
+    out = materialize_graph(s, select=models, log=lambda _: None)
+    assert [(o.asset, o.partition, o.ok) for o in out] == [
+        ("pretrained_model", "exp|mix", True), ("pretrained_model", "rl|mix", True),
+        ("sft_model", "exp|mix", True), ("sft_model", "rl|mix", True),
+        ("reward_model", "exp|mix", True), ("aligned_model", "rl|mix", True)], out
+    store = ArtifactStore(s.home)
+    assert not (s.home / "runs/rl/mix").exists() or sorted(p.name.split("-")[0] for p in
+                                                            (s.home / "runs/rl/mix").iterdir()) == ["ppo"]
+    for asset in ("pretrained_model", "sft_model"):  # trained once, published for both experiments
+        a, b = (store.require(asset, f"{e}+mix").path / "model.safetensors" for e in ("exp", "rl"))
+        assert a.read_bytes() == b.read_bytes()
+    rm = store.require("reward_model", "exp+mix")
+    assert getattr(from_pretrained(rm.path), "score", None) is not None
+    summary = json.loads((rm.path / "training.json").read_text())
+    assert summary["final_val_reward_accuracy"] is not None
+    ppo = store.require("aligned_model", "rl+mix")
+    assert getattr(from_pretrained(ppo.path), "score", None) is None  # the policy alone, a plain causal LM
+    spec = json.loads(open(f"{json.loads((ppo.path / 'training.json').read_text())['run_dir']}/spec.json").read())
+    assert spec["reward_model"] == str(rm.path)
+    _, rows = StatsDB(s.home).query("SELECT stage, count(reward), count(clip_fraction), count(value_loss), "
+                                    "count(entropy), count(val_reward), count(val_reward_accuracy) "
+                                    "FROM training_metrics WHERE stage IN ('ppo', 'reward') GROUP BY 1 ORDER BY 1")
+    assert rows == [("ppo", 2, 2, 2, 2, 2, 0), ("reward", 0, 0, 0, 0, 0, 2)]
+
+    # a reward source that is not a reward model: one line naming the recipe field, before any training
+    rl.write_text(rl.read_text().replace("reward_from: {experiment: exp}", "reward_from: {experiment: rl}"))
+    args = ["--home", str(s.home), "--recipes", str(tiny_training_recipes), "train", "--mixture", "mix",
+            "--experiment", "rl", "--stage", "ppo"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("recipes/experiments/rl.yaml: stages.2.ppo.reward_from: experiment 'rl' "
+                                             "has no reward stage")  # found when the recipes load
+    other = tmp_path / "other-rm"  # a reward model trained with another tokenizer
+    shutil.copytree(rm.path, other)
+    (other / "tokenizer.json").write_text((other / "tokenizer.json").read_text().replace('"<|im_end|>"', '"<|end|>"'))
+    rl.write_text(rl.read_text().replace("reward_from: {experiment: rl}", f"reward_from: {{path: '{other}'}}"))
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("a reward model must share the policy's tokenizer")
+    assert "stages.2.ppo.reward_from" in err[0]
