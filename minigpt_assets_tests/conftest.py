@@ -181,6 +181,19 @@ def add_tiny_training(tiny_recipes: Path) -> Path:
     return tiny_recipes
 
 
+@pytest.fixture(scope="session")
+def chat_tokenizer(tmp_path_factory) -> Path:
+    """A small byte-level BPE with the chat template, trained on the offline chat sets."""
+    from minigpt_assets.data.chat import arithmetic_conversations, python_qa
+    from minigpt_assets.data.tokenizer import train_bpe
+    from minigpt_assets.recipes import TokenizerRecipe
+
+    out = tmp_path_factory.mktemp("tokenizer")
+    texts = [m["content"] for c in python_qa(300) + arithmetic_conversations(300, max_operand=9) for m in c]
+    train_bpe(texts, TokenizerRecipe.model_validate({"vocab_size": 380}), out)
+    return out
+
+
 def pytest_collection_modifyitems(config, items):
     """The demo end to end is the longest test by far: start it first so that, under `-n 2`, the other worker
     runs everything else meanwhile instead of the demo starting last and running alone."""

@@ -1,6 +1,6 @@
 """Eval recipes (`recipes/evals/<name>.yaml`): what `benchmark_scores` measures on every trained model.
 
-Four kinds:
+Five kinds:
 - `bits_per_byte`: per-source (so per-domain) bits per byte of the held-out split of each source's deduplicated
   documents (the documents `token_shards` never trains on), tokenized with each model's own tokenizer.
 - `held_out_choice`: multiple-choice tasks generated offline from the same held-out documents: the true
@@ -9,6 +9,9 @@ Four kinds:
 - `multiple_choice`: a local file in a standard format (arc, hellaswag, piqa, mmlu, winogrande, lambada or our
   generic `choice`), scored as lm-evaluation-harness scores it, zero- or few-shot.
 - `code`: a HumanEval-format file: samples completions and runs each against the tests in a sandbox (pass@k).
+- `chat_task`: greedy answers, through the chat template, to the held-out prompts of a post-training data set
+  (the validation split the grpo and ppo stages hold out), scored by a rule (`number_match`): the same number
+  for a pretrained, fine-tuned or aligned model, whatever objective trained it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from minigpt_assets.evaluation.tasks import FORMATS
+from minigpt_assets.training.config import ChatData
 
 DEFAULT_METRICS = {"arc": ["acc", "acc_norm"], "hellaswag": ["acc", "acc_norm"], "piqa": ["acc", "acc_norm"],
                    "mmlu": ["acc"], "winogrande": ["acc"], "lambada": ["acc", "nll"], "choice": ["acc", "acc_norm"]}
@@ -108,7 +112,16 @@ class CodeEval(_EvalBase):
         return self
 
 
-EvalRecipe = Annotated[Union[BitsPerByteEval, HeldOutChoiceEval, MultipleChoiceEval, CodeEval],
+class ChatTaskEval(_EvalBase):
+    kind: Literal["chat_task"]
+    chat: ChatData  # the stages' `chat:` block: the same rows, the same validation split
+    split: Literal["validation", "train"] = "validation"
+    reward: Literal["number_match"] = "number_match"
+    max_new_tokens: int = Field(16, gt=0)
+    limit: int | None = Field(None, gt=0)
+
+
+EvalRecipe = Annotated[Union[BitsPerByteEval, HeldOutChoiceEval, MultipleChoiceEval, CodeEval, ChatTaskEval],
                        Field(discriminator="kind")]
 
 

@@ -17,7 +17,8 @@ import torch
 
 from minigpt_assets.evaluation import tasks as T
 from minigpt_assets.evaluation.bpb import score_documents
-from minigpt_assets.evaluation.config import BitsPerByteEval, CodeEval, HeldOutChoiceEval, MultipleChoiceEval
+from minigpt_assets.evaluation.config import (BitsPerByteEval, ChatTaskEval, CodeEval, HeldOutChoiceEval,
+                                              MultipleChoiceEval)
 from minigpt_assets.evaluation.held_out import continuation_rows, next_line_rows
 from minigpt_assets.recipes import expand_location
 
@@ -103,6 +104,27 @@ class Evaluator:
         return [{"task": name, "metric": f"pass@{k}", "example": r["task_id"], "value": float(r[f"pass@{k}"]),
                  "weight": 1.0} for r in per_problem for k in recipe.ks if f"pass@{k}" in r]
 
+    def chat_task(self, name: str, recipe: ChatTaskEval) -> list[dict]:
+        """Greedy answers to the held-out prompts, a batch of equal-length prompts at a time, scored by the rule."""
+        import contextlib
+
+        from minigpt_assets.data.chat import PromptTasks
+        from minigpt_assets.training.objectives.rollouts import rule_rewards, sample
+        from minigpt_assets.training.run import split_rows, task_rows
+
+        train, val = split_rows(task_rows(recipe.chat), recipe.chat.validation_fraction)
+        rows = (val if recipe.split == "validation" else train)[:recipe.limit]
+        data = PromptTasks(self.model_dir, rows, self.max_len(recipe) - recipe.max_new_tokens)
+        autocast = (contextlib.nullcontext if self.dtype == torch.float32 else
+                    lambda: torch.autocast(torch.device(self.device).type, dtype=self.dtype))
+        out = []
+        for lo in range(0, len(rows), recipe.batch_size):
+            idx = range(lo, min(len(rows), lo + recipe.batch_size))
+            ro = sample(self.model, data, idx, 1, recipe.max_new_tokens, 0.0, None, name, True, autocast)
+            out += [{"task": name, "metric": recipe.reward, "example": rows[i]["messages"][-1]["content"],
+                     "value": r, "weight": 1.0} for i, r in zip(idx, rule_rewards(recipe.reward, data, ro))]
+        return out
+
     @torch.no_grad()
     def complete(self, prompt: str, recipe: CodeEval) -> list[str]:
         """`samples` completions of a prompt (one batch, KV cache), each cut at the first stop sequence."""
@@ -137,6 +159,8 @@ def evaluate(model_dir: Path, evals: dict[str, object], eval_sources: dict[str, 
             got = ev.multiple_choice(name, recipe)
         elif isinstance(recipe, CodeEval):
             got = ev.code(name, recipe)
+        elif isinstance(recipe, ChatTaskEval):
+            got = ev.chat_task(name, recipe)
         else:
             raise ValueError(f"unknown eval kind for {name!r}")
         log(f"{name}: {len({r['example'] for r in got})} examples")

@@ -43,13 +43,20 @@ def open_data(spec: dict):
     raise ValueError(f"unknown data kind {spec['kind']!r}")
 
 
-def _split(rows: list, fraction: float) -> tuple[list, list]:
-    """(train, validation) by a hash of each row, so the split does not depend on the order."""
+def prompt_of(row) -> list:
+    """The prompt of a data row: a task's or a preference pair's `messages`, a conversation without its last turn."""
+    return row["messages"] if isinstance(row, dict) else row[:-1]
+
+
+def split_rows(rows: list, fraction: float) -> tuple[list, list]:
+    """(train, validation) by a hash of each row's prompt, so the split does not depend on the order, and every
+    stage of a chain (sft conversations, dpo or reward pairs, grpo or ppo tasks, the chat_task eval) holds out
+    the same prompts of a data set."""
     import hashlib
 
     train, val = [], []
     for r in rows:
-        h = int(hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest()[:8], 16) / 16**8
+        h = int(hashlib.sha256(json.dumps(prompt_of(r), sort_keys=True).encode()).hexdigest()[:8], 16) / 16**8
         (val if h < fraction else train).append(r)
     return train, val
 
@@ -67,7 +74,7 @@ def open_preferences(spec: dict):
         rows = arithmetic_preferences(chat.limit, max_operand=chat.max_operand)
     else:
         rows = python_qa_preferences(chat.limit, rejected=chat.preference)
-    train, val = _split(rows[:chat.limit], chat.validation_fraction)
+    train, val = split_rows(rows[:chat.limit], chat.validation_fraction)
     tok, pad = Path(spec["tokenizer"]), int(spec.get("pad_id", 0))
     enc = lambda rs: PreferencePairs([encode_preference(tok, r) for r in rs], spec["seq_len"], pad)  # noqa: E731
     return enc(train), (enc(val) if val else None)
@@ -86,27 +93,33 @@ def open_chat(spec: dict):
     else:
         convs = (arithmetic_conversations(chat.limit, max_operand=chat.max_operand) if chat.name == "arithmetic"
                  else python_qa(chat.limit))
-    train, val = _split(convs, chat.validation_fraction)
+    train, val = split_rows(convs, chat.validation_fraction)
     tok, pad = Path(spec["tokenizer"]), int(spec.get("pad_id", 0))
     enc = lambda cs: PackedChat([encode_conversation(tok, c) for c in cs], spec["seq_len"], pad)  # noqa: E731
     return enc(train), (enc(val) if val else None)
 
 
+def task_rows(chat, answers: bool = True) -> list[dict]:
+    """The prompts (with reference answers) of a ChatData for online RL and for the chat_task eval: a jsonl file
+    (`answers=False`: the answer may be absent, a reward model judges), the builtin arithmetic tasks, or the
+    builtin python_qa questions with their docstring answer as the reference."""
+    from minigpt_assets.data.chat import arithmetic, load_tasks, python_qa
+
+    if chat.kind == "jsonl":
+        return load_tasks(Path(chat.location), answers=answers)[:chat.limit]
+    if chat.name == "arithmetic":
+        return arithmetic(chat.limit, max_operand=chat.max_operand)
+    return [{"messages": c[:2], "answer": c[2]["content"]} for c in python_qa(chat.limit)]
+
+
 def open_tasks(spec: dict):
     """(train, validation) PromptTasks for grpo and ppo: {"chat": ChatData fields, "tokenizer": dir,
-    "max_prompt_len": N, "answers": whether each prompt needs a reference answer (a rule reward)}. The builtin
-    python_qa prompts (for ppo with a reward model) carry their docstring answer as the reference."""
-    from minigpt_assets.data.chat import PromptTasks, arithmetic, load_tasks, python_qa
+    "max_prompt_len": N, "answers": whether each prompt needs a reference answer (a rule reward)}."""
+    from minigpt_assets.data.chat import PromptTasks
     from minigpt_assets.training.config import ChatData
 
     chat = ChatData.model_validate(spec["chat"])
-    if chat.kind == "jsonl":
-        rows = load_tasks(Path(chat.location), answers=spec.get("answers", True))[:chat.limit]
-    elif chat.name == "arithmetic":
-        rows = arithmetic(chat.limit, max_operand=chat.max_operand)
-    else:
-        rows = [{"messages": c[:2], "answer": c[2]["content"]} for c in python_qa(chat.limit)]
-    train, val = _split(rows, chat.validation_fraction)
+    train, val = split_rows(task_rows(chat, spec.get("answers", True)), chat.validation_fraction)
     tok = Path(spec["tokenizer"])
     return PromptTasks(tok, train, spec["max_prompt_len"]), (PromptTasks(tok, val, spec["max_prompt_len"])
                                                              if val else None)

@@ -24,19 +24,6 @@ PAIRS = {"kind": "builtin", "name": "python_qa", "preference": "repetition", "li
          "validation_fraction": 0.2}
 
 
-@pytest.fixture(scope="module")
-def chat_tokenizer(tmp_path_factory) -> Path:
-    """A small byte-level BPE with the chat template, trained on the offline chat sets."""
-    from minigpt_assets.data.chat import arithmetic_conversations, python_qa
-    from minigpt_assets.data.tokenizer import train_bpe
-    from minigpt_assets.recipes import TokenizerRecipe
-
-    out = tmp_path_factory.mktemp("tokenizer")
-    texts = [m["content"] for c in python_qa(300) + arithmetic_conversations(300, max_operand=9) for m in c]
-    train_bpe(texts, TokenizerRecipe.model_validate({"vocab_size": 380}), out)
-    return out
-
-
 def _chat_base(path: Path, seed: int = 0) -> Path:
     return _saved_model(path, seed=seed, vocab_size=CHAT_MODEL["vocab_size"], max_seq_len=CHAT_MODEL["max_seq_len"])
 

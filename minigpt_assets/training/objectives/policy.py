@@ -39,7 +39,9 @@ class GRPO(Objective):
         and return padded sequences, completion labels and group-normalized advantages."""
         g = self.stage.grpo
         n = 1 if greedy else g.group_size
-        ro = sample(self, data, idx, n, g.max_new_tokens, g.temperature, g.top_k, "grpo", greedy)
+        t = self.trainer
+        ro = sample(t.model, data, idx, n, g.max_new_tokens, g.temperature, g.top_k,
+                    f"grpo:{self.stage.seed}:{t.step}", greedy, self.autocast)
         r = torch.tensor(rule_rewards(g.reward, data, ro), device=self.trainer.device).view(-1, n)
         adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4) if n > 1 else torch.zeros_like(r)
         adv = adv.flatten()

@@ -79,7 +79,8 @@ class PPO(Objective):
         """Sample an answer to each prompt, score it, and compute what the updates need: the rollout policy's log
         probabilities and values, the KL-shaped rewards, advantages and returns."""
         c, t = self.cfg, self.trainer
-        ro = sample(self, data, idx, 1, c.max_new_tokens, c.temperature, c.top_k, "ppo", greedy)
+        ro = sample(t.model, data, idx, 1, c.max_new_tokens, c.temperature, c.top_k, f"ppo:{self.stage.seed}:{t.step}",
+                    greedy, self.autocast)
         score = self.scores(data, ro)
         if greedy:
             return {"reward": float(score.mean())}

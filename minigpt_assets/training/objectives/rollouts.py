@@ -4,6 +4,7 @@ token, and the rows come back right-padded with next-token labels on the answer 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,27 +28,28 @@ class Rollouts:
 
 
 @torch.no_grad()
-def sample(objective, data, idx, n: int, max_new_tokens: int, temperature: float, top_k: int | None,
-           tag: str, greedy: bool = False) -> Rollouts:
+def sample(model, data, idx, n: int, max_new_tokens: int, temperature: float, top_k: int | None,
+           seed_key: str, greedy: bool = False, autocast=contextlib.nullcontext) -> Rollouts:
     """`n` answers to each prompt `data.prompts[i]` for i in `idx` (rows j*n .. j*n+n-1 answer idx[j]), sampled
-    by the trainer's model at `temperature` (greedy: argmax). The seed is a function of (tag, stage seed, step,
-    prompts), so a resumed run samples the same answers."""
+    by `model` at `temperature` (greedy: argmax). The seed of each group of prompts is a function of `seed_key`
+    (a training stage passes its kind, seed and step, so a resumed run samples the same answers) and the
+    prompts; `autocast` is the context the forward passes run in."""
     from minigpt_assets.models.transformer import generate
 
-    t = objective.trainer
+    device = next(model.parameters()).device
     idx = [int(i) for i in idx]
     buckets: dict[int, list[int]] = {}
     for j, i in enumerate(idx):
         buckets.setdefault(len(data.prompts[i]), []).append(j)
     slots: list[tuple | None] = [None] * (len(idx) * n)  # (sequence, prompt length, answer, answer length)
-    t.model.eval()
+    model.eval()
     seed = 0
     for plen, members in sorted(buckets.items()):
-        prompts = torch.from_numpy(np.stack([data.prompts[idx[j]] for j in members])).to(t.device)
+        prompts = torch.from_numpy(np.stack([data.prompts[idx[j]] for j in members])).to(device)
         prompts = prompts.repeat_interleave(n, dim=0)
-        seed = xxhash.xxh64_intdigest(f"{tag}:{objective.stage.seed}:{t.step}:{[idx[j] for j in members]}".encode())
-        with objective.autocast():
-            out = generate(t.model, prompts, max_new_tokens, temperature=0.0 if greedy else temperature,
+        seed = xxhash.xxh64_intdigest(f"{seed_key}:{[idx[j] for j in members]}".encode())
+        with autocast():
+            out = generate(model, prompts, max_new_tokens, temperature=0.0 if greedy else temperature,
                            top_k=top_k, eos_token_id=data.eos_id, seed=seed % 2**63)
         comp = out[:, plen:]
         is_eos = comp == data.eos_id
@@ -58,7 +60,7 @@ def sample(objective, data, idx, n: int, max_new_tokens: int, temperature: float
             slots[j * n + row % n] = (torch.cat([prompts[row], toks]), plen, data.decode(toks.tolist()), int(k.sum()))
     seqs, starts, answers, lengths = zip(*slots)
     width = max(len(x) for x in seqs)
-    ids = torch.zeros(len(seqs), width, dtype=torch.long, device=t.device)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long, device=device)
     labels = torch.full_like(ids, -100)
     for r, (x, s0) in enumerate(zip(seqs, starts)):
         ids[r, :len(x)] = x
