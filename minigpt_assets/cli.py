@@ -460,8 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=3000)
     s.add_argument("--host", default="127.0.0.1", help="address to serve on (default: loopback only)")
     s.set_defaults(func=cmd_ui)
+    from minigpt_assets.serve.cli import add_parser as add_serve_parser
     from minigpt_assets.sweep_cli import add_parsers
 
+    add_serve_parser(sub, common, _settings)
     add_parsers(sub, common, _settings)
     return p
 

@@ -157,14 +157,18 @@ def flash_attn_available() -> bool:
     return torch.cuda.is_available()
 
 
-def attention(q, k, v, backend: str, doc_ids: torch.Tensor | None, offset: int) -> torch.Tensor:
+def attention(q, k, v, backend: str, doc_ids: torch.Tensor | None, offset: int,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention of q [B, H, Tq, D] over k, v [B, KV, Tk, D]; returns [B, H, Tq, D].
 
-    `offset` is the number of cached positions before q (Tk = offset + Tq). `doc_ids` [B, Tq] restricts
+    `mask` [B, 1, Tq, Tk] (True = attend), when given, is the whole mask: a serving cache's rows of different
+    lengths. `offset` is the number of cached positions before q (Tk = offset + Tq). `doc_ids` [B, Tq] restricts
     attention to the same packed document (only without a cache): on CUDA through flex attention (`sdpa`,
     `flex`) or flash-attn's variable-length kernel (`flash`), elsewhere through a block-diagonal SDPA mask.
     """
     h, kv, tq, tk = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
+    if mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=h != kv)
     if doc_ids is not None and offset:
         raise ValueError("document masking is for training windows, not for cached decoding")
     if backend == "flash" and flash_attn_available() and q.is_cuda:
@@ -253,11 +257,12 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        offset = 0
+        offset, mask = 0, None
         if cache is not None:
             offset = cache.length
             k, v = cache.update(self.layer, k, v)
-        out = attention(q, k, v, self.cfg.attention, doc_ids, offset)
+            mask = getattr(cache, "mask", None)  # a serving cache: rows of different lengths
+        out = attention(q, k, v, self.cfg.attention, doc_ids, offset, mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 

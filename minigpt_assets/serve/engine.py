@@ -1,0 +1,254 @@
+"""Batched generation for serving (continuous batching): one thread owns the model; a request is prefilled alone
+when it arrives, then joins the running batch, which takes one decode step for all its rows at a time; a row
+leaves as soon as it ends (end token, stop string, `max_tokens`, or the context is full) and the next waiting
+request takes its place. So N clients share each forward pass instead of queueing behind each other.
+
+The cache keeps the live rows packed in slots 0..n-1 (a leaving row's slot takes the last row), so each decode
+step reads contiguous views of the keys and values up to the longest row, with a mask for the shorter ones.
+Pure PyTorch; the HTTP layer is `serve/api.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from minigpt_assets.models.layers import KVCache
+from minigpt_assets.models.transformer import sample_next
+
+
+class SlotCache:
+    """Keys and values of up to `slots` rows of different lengths, the live ones packed in slots 0..n-1."""
+
+    def __init__(self, cfg, slots: int, max_len: int, device, dtype):
+        shape = (slots, cfg.kv_heads, max_len, cfg.dim_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
+        self.slots, self.max_len, self.n = slots, max_len, 0
+        self.mask: torch.Tensor | None = None
+        self._width = 0
+
+    # the model reads `length` (positions before the new token) and adds the tokens it ran
+    @property
+    def length(self) -> torch.Tensor:
+        return self.lengths[:self.n]
+
+    @length.setter
+    def length(self, value: torch.Tensor) -> None:
+        self.lengths[:self.n] = value
+
+    def add(self, single: KVCache, tokens: int) -> int:
+        """Copy a prefilled one-row cache into the next free slot; returns the slot."""
+        s = self.n
+        for layer in range(len(self.k)):
+            self.k[layer][s, :, :tokens] = single.k[layer][0, :, :tokens]
+            self.v[layer][s, :, :tokens] = single.v[layer][0, :, :tokens]
+        self.lengths[s] = tokens
+        self.n += 1
+        return s
+
+    def remove(self, slot: int) -> int | None:
+        """Free `slot`; the last live row moves into it. Returns the slot that moved (None when none did)."""
+        last = self.n - 1
+        moved = None
+        if slot != last:
+            n = int(self.lengths[last])
+            for layer in range(len(self.k)):
+                self.k[layer][slot, :, :n] = self.k[layer][last, :, :n]
+                self.v[layer][slot, :, :n] = self.v[layer][last, :, :n]
+            self.lengths[slot] = self.lengths[last]
+            moved = last
+        self.n -= 1
+        return moved
+
+    def begin_step(self) -> None:
+        """Before a decode step of one token per live row: the mask over keys up to the longest row."""
+        lengths = self.lengths[:self.n]
+        self._width = int(lengths.max()) + 1
+        pos = torch.arange(self._width, device=lengths.device)
+        self.mask = (pos[None] <= lengths[:, None])[:, None, None]  # [n, 1, 1, width]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.arange(self.n, device=k.device)
+        pos = self.lengths[:self.n]
+        self.k[layer][rows, :, pos] = k[:, :, 0]
+        self.v[layer][rows, :, pos] = v[:, :, 0]
+        return self.k[layer][:self.n, :, :self._width], self.v[layer][:self.n, :, :self._width]
+
+
+@dataclass
+class Params:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Request:
+    """One generation. `emit(kind, payload)` is called from the engine thread: ("delta", text) as text is final,
+    then ("done", {"finish_reason", "prompt_tokens", "completion_tokens", "text"}), or ("error", message)."""
+
+    prompt_ids: list[int]
+    params: Params
+    emit: Callable[[str, object], None]
+    ids: list[int] = field(default_factory=list)
+    sent: int = 0  # characters of text already emitted
+    generator: torch.Generator | None = None
+    slot: int = -1
+    t0: float = field(default_factory=time.perf_counter)
+
+
+class Engine:
+    """The model, its tokenizer and the batching loop (a daemon thread started by `start`)."""
+
+    def __init__(self, model, tokenizer, eos_ids: set[int], max_batch: int = 64, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.tok = tokenizer
+        self.eos_ids = set(eos_ids)
+        self.max_batch = max_batch
+        self.device = torch.device(device)
+        self.context = model.config.max_seq_len
+        w = model.lm_head.weight
+        self.cache = SlotCache(model.config, max_batch, self.context, self.device, w.dtype)
+        self.live: list[Request | None] = [None] * max_batch
+        self.waiting: queue.Queue[Request] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.steps = 0  # decode steps taken (the batching shows in tokens per step)
+        self.tokens = 0
+
+    # -- control
+    def start(self) -> "Engine":
+        self._thread = threading.Thread(target=self._loop, name="minigpt-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def submit(self, req: Request) -> None:
+        if len(req.prompt_ids) + 1 > self.context:
+            raise ValueError(f"the prompt is {len(req.prompt_ids)} tokens; the model's context is {self.context}")
+        seed = req.params.seed if req.params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        req.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.waiting.put(req)
+
+    # -- the loop
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while not self._stop.is_set():
+            try:
+                self._admit(block=self.cache.n == 0)
+                if self.cache.n:
+                    self._decode()
+            except Exception as e:  # noqa: BLE001 - a failing step ends its requests, never the server
+                for r in [r for r in self.live if r is not None]:
+                    self._finish(r, None, error=f"generation failed: {type(e).__name__}: {e}")
+
+    def _admit(self, block: bool) -> None:
+        while self.cache.n < self.max_batch:
+            try:
+                req = self.waiting.get(timeout=0.05) if block else self.waiting.get_nowait()
+            except queue.Empty:
+                return
+            block = False
+            self._prefill(req)
+
+    def _prefill(self, req: Request) -> None:
+        ids = torch.tensor([req.prompt_ids], device=self.device)
+        single = self.model.new_cache(1, len(req.prompt_ids))
+        logits = self.model(ids, cache=single)[:, -1]
+        req.slot = self.cache.add(single, len(req.prompt_ids))
+        self.live[req.slot] = req
+        self._take(req, logits[0])
+
+    def _decode(self) -> None:
+        n = self.cache.n
+        rows = [self.live[s] for s in range(n)]
+        last = torch.tensor([[r.ids[-1]] for r in rows], device=self.device)
+        self.cache.begin_step()
+        logits = self.model(last, position_ids=self.cache.lengths[:n, None].clone(), cache=self.cache)[:, -1]
+        self.steps += 1
+        for r, row in zip(rows, logits):
+            self._take(r, row)
+
+    def _take(self, req: Request, logits: torch.Tensor) -> None:
+        """Sample the request's next token, emit the text that is final, and end the request if it is done."""
+        p = req.params
+        tok = int(sample_next(logits[None], p.temperature, None, p.top_p if p.top_p < 1 else None, req.generator))
+        self.tokens += 1
+        if tok in self.eos_ids:
+            return self._finish(req, "stop")
+        req.ids.append(tok)
+        text = self.tok.decode(req.ids)
+        cut = min((i for i in (text.find(s) for s in p.stop if s) if i >= 0), default=-1)
+        if cut >= 0:
+            return self._finish(req, "stop", text[:cut])
+        if len(req.ids) >= p.max_tokens or len(req.prompt_ids) + len(req.ids) >= self.context:
+            return self._finish(req, "length", text)
+        final = len(text)
+        if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+            final = len(text.rstrip("\ufffd"))
+        for s in p.stop:  # hold back what may be the start of a stop string
+            for k in range(min(len(s) - 1, final), 0, -1):
+                if text[:final].endswith(s[:k]):
+                    final -= k
+                    break
+        if final > req.sent:
+            req.emit("delta", text[req.sent:final])
+            req.sent = final
+
+    def _finish(self, req: Request, reason: str | None, text: str | None = None, error: str | None = None) -> None:
+        if text is None:
+            text = self.tok.decode(req.ids)
+        if req.slot >= 0:
+            moved = self.cache.remove(req.slot)
+            if moved is not None:
+                self.live[req.slot] = self.live[moved]
+                self.live[req.slot].slot = req.slot
+                self.live[moved] = None
+            else:
+                self.live[req.slot] = None
+            req.slot = -1
+        if error is not None:
+            req.emit("error", error)
+            return
+        if len(text) > req.sent:
+            req.emit("delta", text[req.sent:])
+            req.sent = len(text)
+        req.emit("done", {"finish_reason": reason, "prompt_tokens": len(req.prompt_ids),
+                          "completion_tokens": len(req.ids), "text": text})
+
+
+
+
+def load_engine(model_dir: Path, device: str = "cpu", max_batch: int = 64) -> tuple[Engine, object]:
+    """(engine, HF tokenizer) for a model folder with its tokenizer files; the end tokens are the tokenizer's
+    end-of-text and the chat template's end of turn."""
+    from minigpt_assets.data.chat import _hf_tokenizer
+    from minigpt_assets.models.interop import from_pretrained
+
+    model = from_pretrained(model_dir)
+    hf = _hf_tokenizer(str(model_dir))
+    eos = {i for i in (hf.eos_token_id, model.config.eos_token_id) if isinstance(i, int)}
+    end = hf.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(end, int) and end != hf.unk_token_id:
+        eos.add(end)
+
+    class _Decode:
+        def decode(self, ids):
+            return hf.decode(ids, skip_special_tokens=True)
+
+    return Engine(model, _Decode(), eos, max_batch, device), hf
