@@ -1,5 +1,6 @@
 """`minigpt bench …`: benchmarks that print tables, each timing our path and the baseline a user would otherwise
-pick side by side in one run (data stages, model steps, evaluation, UI backfills, sweep parallelism)."""
+pick side by side in one run (data stages, model steps, evaluation, UI backfills, sweep parallelism, generation
+and serving)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 from minigpt_assets.cli_common import _fail, _settings
 from minigpt_assets.recipes import Catalog, RecipeError
 from minigpt_assets.tables import format_table
+
+
+BENCHES = ["data", "model", "train", "eval", "backfill", "sweep", "generate", "serve"]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -29,6 +33,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     models = args.models.split(",") if args.models else None
     if args.what == "train":
         return _bench_train(args, cat, models)
+    if args.what == "serve":
+        return _bench_serve(args, settings)
     unknown = [m for m in models or [] if m not in cat.models]
     if unknown:
         return _fail(f"bench {args.what}: --models: unknown model recipe(s) {', '.join(unknown)} "
@@ -41,7 +47,60 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                Path(args.json) if args.json else None)
     if args.what == "eval":
         return _bench_eval(args, settings, models)
-    return _fail(f"bench: unknown benchmark {args.what!r} (expected: data, model, train, eval, backfill, sweep)")
+    if args.what == "generate":
+        return _bench_generate(args, cat, models)
+    return _fail(f"bench: unknown benchmark {args.what!r} (expected: {', '.join(BENCHES)})")
+
+
+def _where(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+
+
+def _bench_generate(args: argparse.Namespace, cat: Catalog, models: list[str] | None) -> int:
+    import torch
+
+    from minigpt_assets.serve.bench import GENERATE_COLUMNS, run_generate_bench
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
+    batches = [int(b) for b in (args.batches or "1,8").split(",")]
+    all_rows = []
+    for name in models or ["minimind-demo"]:
+        cfg = cat.models[name]
+        print(f"bench generate: {name}, greedy, {args.new_tokens} new tokens after {args.prompt_len}, {dtype}, on "
+              f"{_where(device)}; transformers' generate on the exported folder next to ours", flush=True)
+        rows = [{"model": name, **r} for r in run_generate_bench(cfg, device, dtype, batches, args.prompt_len,
+                                                                 args.new_tokens)]
+        print(format_table(["model", *GENERATE_COLUMNS], [tuple(r[c] for c in ["model", *GENERATE_COLUMNS])
+                                                          for r in rows]))
+        all_rows += rows
+    if args.json:
+        Path(args.json).write_text(json.dumps(all_rows, indent=2) + "\n")
+    return 0
+
+
+def _bench_serve(args: argparse.Namespace, settings) -> int:
+
+    from minigpt_assets.serve.bench import SERVE_COLUMNS, run_serve_bench
+    from minigpt_assets.serve.cli import resolve_model
+    from minigpt_assets.training.pipeline import PipelineError
+
+    if bool(args.checkpoint) == bool(args.experiment and args.mixture):
+        return _fail("bench serve: give --checkpoint DIR, or --experiment and --mixture (a trained run)")
+    try:
+        folder, name = resolve_model(settings, args.checkpoint, args.experiment, args.mixture, args.stage)
+    except PipelineError as e:
+        return _fail(f"bench serve: {e}")
+    device = args.device or "cpu"
+    print(f"bench serve: {args.concurrency} concurrent streaming chat requests of up to {args.max_tokens} tokens to "
+          f"{name} on loopback, {_where(device)}; continuous batching next to one request at a time", flush=True)
+    rows = run_serve_bench(folder, name, args.concurrency, args.max_tokens, device)
+    print(format_table(list(SERVE_COLUMNS), [tuple(r[c] for c in SERVE_COLUMNS) for r in rows]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0 if all(r["completed"] == r["requests"] for r in rows) else 1
 
 
 def _bench_train(args: argparse.Namespace, cat: Catalog, models: list[str] | None) -> int:
@@ -157,7 +216,7 @@ def _bench_eval(args: argparse.Namespace, settings, models: list[str] | None) ->
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("bench", parents=[common], help="benchmarks that print tables")
-    s.add_argument("what", choices=["data", "model", "train", "eval", "backfill", "sweep"])
+    s.add_argument("what", choices=BENCHES)
     s.add_argument("name", nargs="?", help="sweep: a mixture sweep recipe")
     s.add_argument("--points", type=int, default=8, help="sweep: points trained at each parallelism")
     s.add_argument("--parallel", default="1,4", help="sweep: comma-separated parallelisms to time")
@@ -192,4 +251,12 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     s.add_argument("--idle", type=float, default=120, help="backfill: seconds the daemon runs on after the backfill")
     s.add_argument("--timeout", type=float, default=7200, help="backfill: seconds to wait for the backfill")
     s.add_argument("--edit-mixture", help="backfill: then change this mixture's seed and list what the daemon re-runs")
+    s.add_argument("--batches", help="generate: comma-separated batch sizes (default 1,8)")
+    s.add_argument("--prompt-len", type=int, default=32, help="generate: prompt tokens")
+    s.add_argument("--new-tokens", type=int, default=128, help="generate: tokens generated per row")
+    s.add_argument("--concurrency", type=int, default=64, help="serve: streaming requests at once")
+    s.add_argument("--max-tokens", type=int, default=64, help="serve: max_tokens of each request")
+    s.add_argument("--checkpoint", help="serve: a model folder with its tokenizer")
+    s.add_argument("--experiment", help="serve: a trained run's experiment (with --mixture)")
+    s.add_argument("--stage", help="serve: its stage (default: the last)")
     s.set_defaults(func=cmd_bench)

@@ -287,12 +287,16 @@ def _model_errors():
 def cmd_export_hf(args: argparse.Namespace) -> int:
     import warnings
 
+    from minigpt_assets.model_card import model_card
     from minigpt_assets.models.interop import TokenizerMismatchWarning, export_hf
 
+    settings = _settings(args)
+    cat = Catalog.load_or_raise(settings.recipes, check_files=False)
+    card = lambda model: model_card(model, Path(args.out).name, settings.home, Path(args.checkpoint), cat)  # noqa: E731
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", TokenizerMismatchWarning)
-            out = export_hf(args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer)
+            out = export_hf(args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer, card=card)
     except _model_errors() as e:
         return _fail(f"export-hf: {e}")
     for w in caught:

@@ -23,7 +23,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -307,8 +307,10 @@ def save_model(model, out: str | Path, tokenizer: str | Path | None = None, meta
     return _publish(tmp, out)
 
 
-def export_hf(src: str | Path, out: str | Path, dtype: str | None = None, tokenizer: str | Path | None = None) -> Path:
-    """Our checkpoint folder (or a loaded model) -> a folder `AutoModelForCausalLM.from_pretrained` loads."""
+def export_hf(src: str | Path, out: str | Path, dtype: str | None = None, tokenizer: str | Path | None = None,
+              card: Callable[[Any], str] | None = None) -> Path:
+    """Our checkpoint folder (or a loaded model) -> a folder `AutoModelForCausalLM.from_pretrained` loads;
+    `card(model)` returns its README.md (the model card)."""
     from safetensors.torch import save_file
 
     model = from_pretrained(src) if not isinstance(src, torch.nn.Module) else src
@@ -325,6 +327,8 @@ def export_hf(src: str | Path, out: str | Path, dtype: str | None = None, tokeni
     save_file(sd, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
     tok_src = tokenizer or (src if not isinstance(src, torch.nn.Module) else None)
     _copy_tokenizer(Path(tok_src) if tok_src else None, tmp)
+    if card is not None:
+        (tmp / "README.md").write_text(card(model))
     out = _publish(tmp, out)
     if problem := tokenizer_fidelity(out):
         import warnings

@@ -181,13 +181,18 @@ class Engine:
         self.cache.begin_step()
         logits = self.model(last, position_ids=self.cache.lengths[:n, None].clone(), cache=self.cache)[:, -1]
         self.steps += 1
-        for r, row in zip(rows, logits):
-            self._take(r, row)
+        greedy = logits.argmax(-1).tolist()  # one op for every row; sampled rows draw below
+        for r, row, g in zip(rows, logits, greedy):
+            self._take(r, row, g)
 
-    def _take(self, req: Request, logits: torch.Tensor) -> None:
+    def _take(self, req: Request, logits: torch.Tensor, greedy: int | None = None) -> None:
         """Sample the request's next token, emit the text that is final, and end the request if it is done."""
         p = req.params
-        tok = int(sample_next(logits[None], p.temperature, None, p.top_p if p.top_p < 1 else None, req.generator))
+        if p.temperature <= 0:
+            tok = greedy if greedy is not None else int(logits.argmax())
+        else:
+            tok = int(sample_next(logits[None], p.temperature, None, p.top_p if p.top_p < 1 else None,
+                                  req.generator))
         self.tokens += 1
         if tok in self.eos_ids:
             return self._finish(req, "stop")

@@ -42,6 +42,9 @@ def test_export_import_generate_commands(tmp_path, tokenizer_dir, capsys):
     assert main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--dtype", "float32"]) == 0
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     assert type(hf).__name__ == "Qwen3ForCausalLM"
+    card = (tmp_path / "hf" / "README.md").read_text()  # a model card, even without a recorded provenance
+    assert card.startswith("---\nlibrary_name: transformers\n") and "| Qwen3ForCausalLM |" in card
+    assert "## License\n\nUnknown" in card
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     ids = torch.tensor([tok("the quick brown")["input_ids"]])
     with torch.no_grad():

@@ -8,6 +8,7 @@ import shutil
 import dagster as dg
 import pytest
 import torch
+import yaml
 
 from minigpt_assets.cli import main
 from minigpt_assets.defs.runner import materialize_graph
@@ -237,6 +238,18 @@ def test_full_chain_pretrain_sft_dpo(tiny_training_recipes, tmp_path):
     assert abs(train[0]["loss"] - 0.6931) < 1e-3  # policy == reference at the start: -log sigmoid(0)
     assert train[-1]["loss"] < 0.5 and train[-1]["reward_accuracy"] == 1.0
     assert rows[-1]["val_reward_accuracy"] == 1.0 and rows[-1]["val_loss"] < 0.5
+
+    # the exported model's card: the mixture's realized shares, every stage trained, the sources' licenses
+    assert main(["--home", str(s.home), "--recipes", str(tiny_training_recipes), "export-hf", str(art.path),
+                 str(tmp_path / "hf")]) == 0
+    card = (tmp_path / "hf" / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["pipeline_tag"] == "text-generation" and meta["license"] == "other" and len(meta["datasets"]) >= 2
+    assert "# exp on mix (aligned_model)" in card and "## Training data" in card and "actual_share" in card
+    stages = card.split("## Training\n")[1].split("##")[0]
+    assert [line.split("|")[1].strip() for line in stages.splitlines() if line.startswith("| ") and
+            "stage" not in line] == ["pretrain", "sft", "dpo"]
+    assert "## License" in card and "| source | license |" in card
 
     # editing the preference file (not the recipe) changes the experiment's version: the earlier stages only
     # re-publish their finished runs (same weights), the dpo stage trains again in a new run folder
