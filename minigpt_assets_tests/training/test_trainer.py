@@ -151,17 +151,22 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, kill_at, resumed_from):
     assert [r["loss"] for r in rows] == ref["losses"]
 
 
-@pytest.mark.parametrize("kind, row", [("chat", {"msgs": 1}), ("preferences", {"messages": [], "chosen": "a"})])
-def test_bad_chat_file_is_one_line(tmp_path, capsys, kind, row):
+@pytest.mark.parametrize("stage, kind, row", [("sft", "chat", {"msgs": 1}),
+                                               ("dpo", "preferences", {"messages": [], "chosen": "a"}),
+                                               ("reward", "preferences", {"messages": [], "rejected": "b"}),
+                                               ("ppo", "tasks", {"messages": [{"role": "user", "content": "1+1"}]})])
+def test_bad_chat_file_is_one_line(tmp_path, capsys, stage, kind, row):
     from minigpt_assets.training.run import main
 
     data = tmp_path / "c.jsonl"
-    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b"})
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b",
+                                "answer": "2"})
                     + "\n" + json.dumps(row) + "\n")
     chat = {"kind": "jsonl", "location": str(data)}
-    spec = {"model": MODEL, "stage": {"kind": "sft" if kind == "chat" else "dpo", "chat": chat},
+    extra = {"ppo": {"reward": "number_match"}} if stage == "ppo" else {}  # a rule reward needs each row's answer
+    spec = {"model": MODEL, "stage": {"kind": stage, "chat": chat, **extra},
             "run_dir": str(tmp_path / "run"), "data": {"kind": kind, "chat": chat, "tokenizer": str(tmp_path),
-                                                       "seq_len": 32}}
+                                                       "seq_len": 32, "max_prompt_len": 16}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     assert main([str(tmp_path / "spec.json")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
