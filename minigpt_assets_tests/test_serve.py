@@ -59,6 +59,35 @@ def test_continuous_batching_decodes_what_generate_decodes():
     assert eng.steps < sum(d["completion_tokens"] for d in done.values()) * 0.6
 
 
+def test_a_request_whose_client_left_frees_its_row():
+    """The HTTP side marks a request cancelled when its client disconnects: it leaves the batch at its next token,
+    and the others go on."""
+    torch.manual_seed(0)
+    model = build_model(make_config({**TINY, "vocab_size": 64}), device="cpu").eval()
+    eng = Engine(model, _Ids(), set(), max_batch=2).start()
+    out, ended = {}, threading.Event()
+
+    def emitter(name, req_box):
+        def emit(kind, payload):
+            if kind == "delta" and name == "left":
+                req_box[0].cancelled = True  # the client went away after its first text
+            if kind == "done":
+                out[name] = payload
+                if len(out) == 2:
+                    ended.set()
+        return emit
+
+    boxes = {n: [None] for n in ("left", "stayed")}
+    for name in boxes:
+        boxes[name][0] = Request([1, 2, 3], Params(max_tokens=40, temperature=0.0), emitter(name, boxes[name]))
+        eng.submit(boxes[name][0])
+    assert ended.wait(60)
+    eng.close()
+    assert out["left"]["finish_reason"] == "cancelled" and out["left"]["completion_tokens"] < 5
+    assert out["stayed"]["finish_reason"] == "length" and out["stayed"]["completion_tokens"] == 40
+    assert eng.cache.n == 0
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, chat_tokenizer):
     """`minigpt serve` on a tiny random model with the chat tokenizer, on a loopback port."""

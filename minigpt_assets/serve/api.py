@@ -124,12 +124,17 @@ def create_app(engine: Engine, tokenizer, model_name: str, max_tokens_limit: int
                     "total_tokens": done["prompt_tokens"] + done["completion_tokens"]}
 
         if not stream:
-            while True:
-                k, p = await events.get()
-                if k == "error":
-                    raise APIError(p, code="server_error", status=500)
-                if k == "done":
-                    break
+            done = None
+            try:
+                while done is None:
+                    k, p = await events.get()
+                    if k == "error":
+                        raise APIError(p, code="server_error", status=500)
+                    if k == "done":
+                        done = p
+            finally:  # a client that went away frees its row at the next decode step
+                req.cancelled = done is None
+            p = done
             choice = ({"index": 0, "message": {"role": "assistant", "content": p["text"]},
                        "finish_reason": p["finish_reason"], "logprobs": None} if kind == "chat" else
                       {"index": 0, "text": p["text"], "finish_reason": p["finish_reason"], "logprobs": None})
@@ -146,21 +151,25 @@ def create_app(engine: Engine, tokenizer, model_name: str, max_tokens_limit: int
             return f"data: {json.dumps({**base, 'object': chunk_obj, 'choices': [c]})}\n\n"
 
         async def events_stream():
-            if kind == "chat":
-                yield chunk(None, None, role=True)
-            while True:
-                k, p = await events.get()
-                if k == "delta":
-                    yield chunk(p, None)
-                elif k == "error":
-                    yield f"data: {json.dumps(_error_body(APIError(p, code='server_error')))}\n\n"
-                    break
-                else:
+            finished = False
+            try:
+                if kind == "chat":
+                    yield chunk(None, None, role=True)
+                while not finished:
+                    k, p = await events.get()
+                    if k == "delta":
+                        yield chunk(p, None)
+                        continue
+                    finished = True
+                    if k == "error":
+                        yield f"data: {json.dumps(_error_body(APIError(p, code='server_error')))}\n\n"
+                        break
                     yield chunk(None, p["finish_reason"])
                     if include_usage:
                         yield f"data: {json.dumps({**base, 'object': chunk_obj, 'choices': [], 'usage': usage(p)})}\n\n"
-                    break
-            yield "data: [DONE]\n\n"
+                yield "data: [DONE]\n\n"
+            finally:  # a client that went away frees its row at the next decode step
+                req.cancelled = not finished
 
         return StreamingResponse(events_stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -106,6 +106,7 @@ class Request:
     generator: torch.Generator | None = None
     slot: int = -1
     t0: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False  # set by the HTTP side when the client went away: the row leaves at its next token
 
 
 class Engine:
@@ -188,6 +189,8 @@ class Engine:
     def _take(self, req: Request, logits: torch.Tensor, greedy: int | None = None) -> None:
         """Sample the request's next token, emit the text that is final, and end the request if it is done."""
         p = req.params
+        if req.cancelled:
+            return self._finish(req, "cancelled")
         if p.temperature <= 0:
             tok = greedy if greedy is not None else int(logits.argmax())
         else:
