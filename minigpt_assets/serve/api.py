@@ -44,6 +44,7 @@ class _Sampling(BaseModel):
     seed: int | None = None
     n: int = 1
     stream_options: dict | None = None
+    ignore_eos: bool = False  # an extension (vLLM's name): exactly max_tokens tokens, for load tests
 
 
 class _Message(BaseModel):
@@ -108,7 +109,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, max_tokens_limit: int
         if len(stop) > 4:
             raise APIError("at most 4 stop sequences", param="stop", code="invalid_value")
         return Params(max_tokens=min(want or default_max_tokens, limit), temperature=req.temperature,
-                      top_p=req.top_p, stop=stop, seed=req.seed)
+                      top_p=req.top_p, stop=stop, seed=req.seed, ignore_eos=req.ignore_eos)
 
     async def _run(prompt_ids: list[int], params: Params, kind: str, stream: bool, include_usage: bool):
         loop = asyncio.get_running_loop()

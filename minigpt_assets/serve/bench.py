@@ -6,8 +6,8 @@ prompts and lengths on each side, every row producing exactly `new_tokens` token
 concurrent requests.
 
 serve: N concurrent streaming requests to `minigpt serve` on loopback (the app in this process, uvicorn on a
-free port), with continuous batching and, side by side, with one request decoded at a time (a server without
-batching): completed requests, latency to the last token (p50, p99), time to the first token, tokens per second.
+free port), each generating exactly `max_tokens` tokens (`ignore_eos`), with continuous batching and, side by
+side, with one request decoded at a time (a server without batching): completed requests, latency to the last token (p50, p99), time to the first token, tokens per second.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ async def _load(url: str, model: str, n: int, max_tokens: int, timeout: float) -
 
     async def one(client, i):
         body = {"model": model, "stream": True, "max_tokens": max_tokens, "temperature": 1.0, "seed": i,
+                "ignore_eos": True,
                 "messages": [{"role": "user", "content": f"Tell me about the number {i}."}]}
         t0 = time.perf_counter()
         first, tokens, ok = None, 0, False

@@ -91,6 +91,7 @@ class Params:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    ignore_eos: bool = False  # generate max_tokens whatever the model says (load tests; vLLM's field)
 
 
 @dataclass
@@ -197,7 +198,7 @@ class Engine:
             tok = int(sample_next(logits[None], p.temperature, None, p.top_p if p.top_p < 1 else None,
                                   req.generator))
         self.tokens += 1
-        if tok in self.eos_ids:
+        if tok in self.eos_ids and not p.ignore_eos:
             return self._finish(req, "stop")
         req.ids.append(tok)
         text = self.tok.decode(req.ids)

@@ -197,7 +197,9 @@ def train_stage(home: Path, cat: Catalog, mixture: str, experiment: str, stage: 
                                      "mixture": mix_art.version, "init": weights_sha(init) if init else None,
                                      **({"teacher": teacher[1]} if teacher else {}),
                                      **({"reward_model": reward[1]} if reward else {}),
-                                     **({"data_file": d} if st.chat is not None and (d := st.chat.file_digest()) else {})},
+                                     **({"data_file": d} if st.chat is not None and (d := st.chat.file_digest()) else {}),
+                                     # the validation split hashes each row's prompt (it hashed the whole row before)
+                                     **({"split": "prompt"} if st.chat is not None else {})},
                                     sort_keys=True).encode()).hexdigest()[:12]
     run_dir = Path(home) / "runs" / experiment / mixture / f"{st.stage_name}-{key}"
     done = finished_elsewhere(Path(home), mixture, f"{st.stage_name}-{key}", st.max_steps, run_dir)
