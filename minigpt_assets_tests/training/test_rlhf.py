@@ -64,6 +64,16 @@ def test_reward_model_learns_held_out_preferences_and_loads_with_its_head(tmp_pa
         ours = last_token_scores(tr.model.eval(), ids, labels)
         theirs = last_token_scores(rm, ids, labels)
     assert torch.allclose(ours, theirs, atol=1e-5) and (theirs[:8] > theirs[8:]).float().mean() >= 0.75
+    # and scores (prompt, answer) rows given as text, as the trainer scored the same pairs
+    from minigpt_assets.data.chat import python_qa_preferences
+    from minigpt_assets.training.objectives.reward import score_answers
+    from minigpt_assets.training.run import split_rows
+
+    rows = split_rows(python_qa_preferences(240, rejected="repetition"), 0.2)[1][:4]
+    texts = [{"messages": r["messages"], "answer": r[side]} for side in ("chosen", "rejected") for r in rows]
+    got = score_answers(res.checkpoint, texts, tokenizer_dir=chat_tokenizer, max_len=97)  # the pairs' window
+    want = torch.cat([theirs[:4], theirs[8:12]]).tolist()
+    assert np.allclose(got, want, atol=1e-4), (got, want)
 
 
 # ---------------------------------------------------------------------------------------------------- PPO

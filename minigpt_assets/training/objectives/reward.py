@@ -42,3 +42,31 @@ class RewardModeling(Objective):
             loss = loss + self.stage.reward.center * ((chosen + rejected) ** 2).mean()
         m = margin.detach()
         return loss, {"reward_accuracy": float((m > 0).float().mean()), "reward_margin": float(m.mean())}
+
+
+@torch.no_grad()
+def score_answers(model_dir, rows: list[dict], tokenizer_dir=None, batch_size: int = 16, device: str = "cpu",
+                  max_len: int | None = None) -> list[float]:
+    """A published reward model's score of each `{"messages": [...prompt...], "answer": str}` (the prompt and the
+    answer rendered with the chat template, as the model was trained; cut to `max_len` tokens, default the model's
+    context), in order."""
+    from pathlib import Path
+
+    from minigpt_assets.data.chat import PreferencePairs, encode_conversation
+    from minigpt_assets.models.interop import from_pretrained
+
+    model = from_pretrained(model_dir).to(device).eval()
+    if getattr(model, "score", None) is None:
+        raise ValueError(f"{model_dir}: not a reward model (no score head)")
+    tok = Path(tokenizer_dir or model_dir)
+    encoded = [encode_conversation(tok, r["messages"] + [{"role": "assistant", "content": r["answer"]}])
+               for r in rows]
+    window = min(max_len or model.config.max_seq_len, model.config.max_seq_len, max(len(ids) for ids, _ in encoded))
+    out: list[float] = []
+    for lo in range(0, len(encoded), batch_size):
+        part = encoded[lo:lo + batch_size]
+        pairs = PreferencePairs([(e, e) for e in part], window - 1, 0)  # one side each: (ids, labels) padded
+        batch = pairs.make_batch(np.arange(len(part)))
+        ids, labels = (torch.from_numpy(batch[k]).to(device) for k in ("chosen_ids", "chosen_labels"))
+        out += last_token_scores(model, ids, labels).tolist()
+    return out
