@@ -32,12 +32,13 @@ class _Ids:
 
 
 def test_continuous_batching_decodes_what_generate_decodes():
-    """Six requests through a batch of four: rows of different lengths join as others leave; greedy answers equal
+    """Eight requests through a batch of four: rows of different lengths join as others leave; greedy answers equal
     one-at-a-time `generate`, and the batch took fewer steps than the requests' tokens."""
     torch.manual_seed(0)
     model = build_model(make_config({**TINY, "vocab_size": 64}), device="cpu").eval()
-    eng = Engine(model, _Ids(), {0}, max_batch=4).start()
-    prompts = [[5, 6, 7], [9, 10, 11, 12, 13, 14, 15], [3], [20, 21], [30, 31, 32, 33], [40] * 10]
+    eng = Engine(model, _Ids(), {0}, max_batch=4)
+    prompts = [[5, 6, 7], [9, 10, 11, 12, 13, 14, 15], [3], [20, 21], [30, 31, 32, 33], [40] * 10, [41, 42, 43],
+               [44, 45, 46]]  # three of length 3: prefilled as one batch, and decoded without a mask while alone
     done, all_done = {}, threading.Event()
 
     def emitter(i):
@@ -50,6 +51,7 @@ def test_continuous_batching_decodes_what_generate_decodes():
 
     for i, p in enumerate(prompts):
         eng.submit(Request(p, Params(max_tokens=12 + i, temperature=0.0), emitter(i)))
+    eng.start()  # after the submissions: the first admission takes four at once
     assert all_done.wait(60)
     eng.close()
     for i, p in enumerate(prompts):
@@ -57,6 +59,23 @@ def test_continuous_batching_decodes_what_generate_decodes():
         ref = ref[:ref.index(0)] if 0 in ref else ref
         assert done[i]["text"] == " ".join(map(str, ref)) and done[i]["completion_tokens"] == len(ref)
     assert eng.steps < sum(d["completion_tokens"] for d in done.values()) * 0.6
+
+
+def test_rows_of_one_length_decode_without_a_mask_and_equal_generate():
+    torch.manual_seed(1)
+    model = build_model(make_config({**TINY, "vocab_size": 64}), device="cpu").eval()
+    eng = Engine(model, _Ids(), {0}, max_batch=3)
+    prompts, done, ended = [[1, 2, 3], [4, 5, 6], [7, 8, 9]], {}, threading.Event()
+    for i, p in enumerate(prompts):
+        eng.submit(Request(p, Params(max_tokens=10 + 3 * i, temperature=0.0),
+                           lambda k, v, i=i: (done.__setitem__(i, v), len(done) == 3 and ended.set())
+                           if k == "done" else None))
+    eng.start()
+    assert ended.wait(60)
+    eng.close()
+    for i, p in enumerate(prompts):
+        ref = generate(model, torch.tensor([p]), 10 + 3 * i, 0.0, eos_token_id=0)[0, 3:].tolist()
+        assert done[i]["text"] == " ".join(map(str, ref[:ref.index(0)] if 0 in ref else ref))
 
 
 def test_a_request_whose_client_left_frees_its_row():

@@ -1,5 +1,5 @@
-"""Batched generation for serving (continuous batching): one thread owns the model; a request is prefilled alone
-when it arrives, then joins the running batch, which takes one decode step for all its rows at a time; a row
+"""Batched generation for serving (continuous batching): one thread owns the model; a request is prefilled when
+it arrives (with the others that arrived with the same prompt length), then joins the running batch, which takes one decode step for all its rows at a time; a row
 leaves as soon as it ends (end token, stop string, `max_tokens`, or the context is full) and the next waiting
 request takes its place. So N clients share each forward pass instead of queueing behind each other.
 
@@ -36,21 +36,22 @@ class SlotCache:
         self.mask: torch.Tensor | None = None
         self._width = 0
 
-    # the model reads `length` (positions before the new token) and adds the tokens it ran
+    # the model reads `length` (positions before the new token: an int when the rows have one length, as a plain
+    # cache's) and adds the tokens it ran
     @property
-    def length(self) -> torch.Tensor:
-        return self.lengths[:self.n]
+    def length(self) -> torch.Tensor | int:
+        return int(self.lengths[0]) if self.mask is None else self.lengths[:self.n]
 
     @length.setter
-    def length(self, value: torch.Tensor) -> None:
+    def length(self, value: torch.Tensor | int) -> None:
         self.lengths[:self.n] = value
 
-    def add(self, single: KVCache, tokens: int) -> int:
-        """Copy a prefilled one-row cache into the next free slot; returns the slot."""
+    def add(self, prefill: KVCache, tokens: int, row: int = 0) -> int:
+        """Copy row `row` of a prefilled cache into the next free slot; returns the slot."""
         s = self.n
         for layer in range(len(self.k)):
-            self.k[layer][s, :, :tokens] = single.k[layer][0, :, :tokens]
-            self.v[layer][s, :, :tokens] = single.v[layer][0, :, :tokens]
+            self.k[layer][s, :, :tokens] = prefill.k[layer][row, :, :tokens]
+            self.v[layer][s, :, :tokens] = prefill.v[layer][row, :, :tokens]
         self.lengths[s] = tokens
         self.n += 1
         return s
@@ -72,7 +73,11 @@ class SlotCache:
     def begin_step(self) -> None:
         """Before a decode step of one token per live row: the mask over keys up to the longest row."""
         lengths = self.lengths[:self.n]
-        self._width = int(lengths.max()) + 1
+        lo, hi = lengths.aminmax()
+        self._width = int(hi) + 1
+        if int(lo) == int(hi):  # rows of one length (admitted together): every key is real, no mask needed
+            self.mask = None
+            return
         pos = torch.arange(self._width, device=lengths.device)
         self.mask = (pos[None] <= lengths[:, None])[:, None, None]  # [n, 1, 1, width]
 
@@ -160,21 +165,25 @@ class Engine:
                     self._finish(r, None, error=f"generation failed: {type(e).__name__}: {e}")
 
     def _admit(self, block: bool) -> None:
-        while self.cache.n < self.max_batch:
+        """Take waiting requests into the free slots; prompts of the same length are prefilled as one batch."""
+        new: list[Request] = []
+        while self.cache.n + len(new) < self.max_batch:
             try:
-                req = self.waiting.get(timeout=0.05) if block else self.waiting.get_nowait()
+                new.append(self.waiting.get(timeout=0.05) if block and not new else self.waiting.get_nowait())
             except queue.Empty:
-                return
-            block = False
-            self._prefill(req)
-
-    def _prefill(self, req: Request) -> None:
-        ids = torch.tensor([req.prompt_ids], device=self.device)
-        single = self.model.new_cache(1, len(req.prompt_ids))
-        logits = self.model(ids, cache=single)[:, -1]
-        req.slot = self.cache.add(single, len(req.prompt_ids))
-        self.live[req.slot] = req
-        self._take(req, logits[0])
+                break
+        groups: dict[int, list[Request]] = {}
+        for req in new:
+            groups.setdefault(len(req.prompt_ids), []).append(req)
+        for length, reqs in groups.items():
+            ids = torch.tensor([r.prompt_ids for r in reqs], device=self.device)
+            prefill = self.model.new_cache(len(reqs), length)
+            logits = self.model(ids, cache=prefill)[:, -1]
+            for i, req in enumerate(reqs):
+                req.slot = self.cache.add(prefill, length, row=i)
+                self.live[req.slot] = req
+            for req, row in zip(reqs, logits):
+                self._take(req, row)
 
     def _decode(self) -> None:
         n = self.cache.n
