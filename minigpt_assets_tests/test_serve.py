@@ -78,6 +78,29 @@ def test_rows_of_one_length_decode_without_a_mask_and_equal_generate():
         assert done[i]["text"] == " ".join(map(str, ref[:ref.index(0)] if 0 in ref else ref))
 
 
+def test_a_failing_prefill_answers_its_request_and_the_batch_goes_on():
+    torch.manual_seed(0)
+    model = build_model(make_config({**TINY, "vocab_size": 64}), device="cpu").eval()
+    eng = Engine(model, _Ids(), set(), max_batch=4).start()
+    got, ended = {}, threading.Event()
+
+    def emitter(name):
+        def emit(kind, payload):
+            if kind in ("done", "error"):
+                got[name] = (kind, payload)
+                if len(got) == 2:
+                    ended.set()
+        return emit
+
+    eng.submit(Request([1, 2, 3], Params(max_tokens=30, temperature=0.0), emitter("good")))
+    time.sleep(0.2)
+    eng.submit(Request([1, 999], Params(max_tokens=5, temperature=0.0), emitter("bad")))  # past the vocabulary
+    assert ended.wait(60)
+    eng.close()
+    assert got["bad"][0] == "error" and "prefill failed: IndexError" in got["bad"][1]
+    assert got["good"][0] == "done" and got["good"][1]["completion_tokens"] == 30
+
+
 def test_a_request_whose_client_left_frees_its_row():
     """The HTTP side marks a request cancelled when its client disconnects: it leaves the batch at its next token,
     and the others go on."""
@@ -149,10 +172,13 @@ def test_the_openai_client_plain_and_streamed(server):
     # the same seed streams the same answer, delta by delta, with the usage in the last chunk
     chunks = list(client.chat.completions.create(model="tiny", messages=msgs, max_tokens=12, temperature=0.8,
                                                   seed=7, stream=True))
-    assert chunks[0].choices[0].delta.role == "assistant"
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
-    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens and chunks[-1].choices == []
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == r.choices[0].finish_reason
+    assert chunks[0].choices[0].delta.role == "assistant" and all(c.choices for c in chunks)  # OpenAI's shape
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
+    assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens  # the usage rides on the last chunk
+    asked = list(client.chat.completions.create(model="tiny", messages=msgs, max_tokens=12, temperature=0.8,
+                                                seed=7, stream=True, stream_options={"include_usage": True}))
+    assert asked[-1].choices == [] and asked[-1].usage.total_tokens == r.usage.total_tokens  # as OpenAI sends it
     greedy = client.completions.create(model="tiny", prompt="The year", max_tokens=8, temperature=0)
     streamed = client.completions.create(model="tiny", prompt="The year", max_tokens=8, temperature=0, stream=True)
     assert "".join(c.choices[0].text for c in streamed if c.choices) == greedy.choices[0].text

@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP API over `engine.Engine` (FastAPI): `GET /v1/models`, `POST /v1/chat/completions`
 (the tokenizer's chat template), `POST /v1/completions`, each with `stream: true` as server-sent events the way
-the OpenAI API sends them (chunks, a last chunk with the usage, then `data: [DONE]`); and the chat page at `/`.
+the OpenAI API sends them (chunks, the last one carrying the usage, a usage chunk of its own when
+`stream_options.include_usage` asks for it, then `data: [DONE]`); and the chat page at `/`.
 
 Bad requests (malformed JSON, an unknown model, a prompt longer than the context, `max_tokens` out of range, a
 wrong type) get HTTP 400 with an OpenAI-style error object; the server keeps serving.
@@ -111,10 +112,18 @@ def create_app(engine: Engine, tokenizer, model_name: str, max_tokens_limit: int
         return Params(max_tokens=min(want or default_max_tokens, limit), temperature=req.temperature,
                       top_p=req.top_p, stop=stop, seed=req.seed, ignore_eos=req.ignore_eos)
 
-    async def _run(prompt_ids: list[int], params: Params, kind: str, stream: bool, include_usage: bool):
+    async def _run(http: HTTPRequest, prompt_ids: list[int], params: Params, kind: str, stream: bool,
+                   include_usage: bool):
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        req = Request(prompt_ids, params, lambda k, p: loop.call_soon_threadsafe(events.put_nowait, (k, p)))
+
+        def emit(k, p) -> None:  # from the engine thread
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, (k, p))
+            except RuntimeError:  # the event loop is closed (shutting down): nobody is listening
+                pass
+
+        req = Request(prompt_ids, params, emit)
         engine.submit(req)
         rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         obj = "chat.completion" if kind == "chat" else "text_completion"
@@ -128,7 +137,12 @@ def create_app(engine: Engine, tokenizer, model_name: str, max_tokens_limit: int
             done = None
             try:
                 while done is None:
-                    k, p = await events.get()
+                    try:
+                        k, p = await asyncio.wait_for(events.get(), timeout=0.5)
+                    except asyncio.TimeoutError:
+                        if await http.is_disconnected():  # a plain request is not cancelled by the server
+                            return JSONResponse({}, status_code=499)
+                        continue
                     if k == "error":
                         raise APIError(p, code="server_error", status=500)
                     if k == "done":
@@ -143,13 +157,13 @@ def create_app(engine: Engine, tokenizer, model_name: str, max_tokens_limit: int
 
         chunk_obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
-        def chunk(delta: str | None, finish: str | None, role: bool = False) -> str:
+        def chunk(delta: str | None, finish: str | None, role: bool = False, extra: dict | None = None) -> str:
             if kind == "chat":
                 d = {"role": "assistant", "content": ""} if role else ({} if delta is None else {"content": delta})
                 c = {"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}
             else:
                 c = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
-            return f"data: {json.dumps({**base, 'object': chunk_obj, 'choices': [c]})}\n\n"
+            return f"data: {json.dumps({**base, 'object': chunk_obj, 'choices': [c], **(extra or {})})}\n\n"
 
         async def events_stream():
             finished = False
@@ -165,7 +179,9 @@ def create_app(engine: Engine, tokenizer, model_name: str, max_tokens_limit: int
                     if k == "error":
                         yield f"data: {json.dumps(_error_body(APIError(p, code='server_error')))}\n\n"
                         break
-                    yield chunk(None, p["finish_reason"])
+                    # the usage rides on the last chunk (so every response has it); with stream_options.include_usage
+                    # it also comes as OpenAI sends it, a chunk of its own with no choices
+                    yield chunk(None, p["finish_reason"], extra={"usage": usage(p)})
                     if include_usage:
                         yield f"data: {json.dumps({**base, 'object': chunk_obj, 'choices': [], 'usage': usage(p)})}\n\n"
                 yield "data: [DONE]\n\n"
@@ -176,8 +192,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, max_tokens_limit: int
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     def _include_usage(req: _Sampling) -> bool:
-        # the usage is in every response: a streamed one ends with a usage chunk unless the client opts out
-        return (req.stream_options or {}).get("include_usage", True) is not False
+        return bool((req.stream_options or {}).get("include_usage", False))
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -192,7 +207,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, max_tokens_limit: int
         text = tokenizer.apply_chat_template([m.model_dump() for m in req.messages], tokenize=False,
                                              add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return await _run(ids, _params(req, len(ids), "messages"), "chat", req.stream, _include_usage(req))
+        return await _run(request, ids, _params(req, len(ids), "messages"), "chat", req.stream, _include_usage(req))
 
     @app.post("/v1/completions")
     async def completions(request: HTTPRequest):
@@ -200,7 +215,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, max_tokens_limit: int
         ids = tokenizer(req.prompt, add_special_tokens=False)["input_ids"]
         if not ids:
             raise APIError("the prompt encodes to no tokens", param="prompt", code="invalid_value")
-        return await _run(ids, _params(req, len(ids), "prompt"), "completion", req.stream, _include_usage(req))
+        return await _run(request, ids, _params(req, len(ids), "prompt"), "completion", req.stream, _include_usage(req))
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:

@@ -162,7 +162,12 @@ class Engine:
                     self._decode()
             except Exception as e:  # noqa: BLE001 - a failing step ends its requests, never the server
                 for r in [r for r in self.live if r is not None]:
-                    self._finish(r, None, error=f"generation failed: {type(e).__name__}: {e}")
+                    try:
+                        self._finish(r, None, error=f"generation failed: {type(e).__name__}: {e}")
+                    except Exception:  # noqa: BLE001 - the row is dropped all the same
+                        self.live[r.slot] = None
+                self.cache.n = 0
+                self.live = [None] * self.max_batch
 
     def _admit(self, block: bool) -> None:
         """Take waiting requests into the free slots; prompts of the same length are prefilled as one batch."""
@@ -176,9 +181,20 @@ class Engine:
         for req in new:
             groups.setdefault(len(req.prompt_ids), []).append(req)
         for length, reqs in groups.items():
-            ids = torch.tensor([r.prompt_ids for r in reqs], device=self.device)
-            prefill = self.model.new_cache(len(reqs), length)
-            logits = self.model(ids, cache=prefill)[:, -1]
+            for r in [r for r in reqs if r.cancelled]:  # its client left while it waited: no prefill
+                r.emit("done", {"finish_reason": "cancelled", "prompt_tokens": len(r.prompt_ids),
+                                "completion_tokens": 0, "text": ""})
+            reqs = [r for r in reqs if not r.cancelled]
+            if not reqs:
+                continue
+            try:
+                ids = torch.tensor([r.prompt_ids for r in reqs], device=self.device)
+                prefill = self.model.new_cache(len(reqs), length)
+                logits = self.model(ids, cache=prefill)[:, -1]
+            except Exception as e:  # noqa: BLE001 - these requests fail; the running batch goes on
+                for r in reqs:
+                    r.emit("error", f"prefill failed: {type(e).__name__}: {e}")
+                continue
             for i, req in enumerate(reqs):
                 req.slot = self.cache.add(prefill, length, row=i)
                 self.live[req.slot] = req
