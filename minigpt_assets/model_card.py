@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from minigpt_assets.store import StatsDB
+from minigpt_assets.store import ArtifactStore, StatsDB
 
 
 def provenance(home: Path, checkpoint: Path) -> tuple[str, str, str] | None:
@@ -75,7 +75,6 @@ def model_card(model, folder_name: str, home: Path | None = None, checkpoint: Pa
         stages = []
         exp = catalog.experiments.get(experiment)
         from minigpt_assets.training.pipeline import STAGE_ASSETS, stage_partition
-        from minigpt_assets.store import ArtifactStore
 
         store = ArtifactStore(home)
         for st in exp.stages if exp else []:

@@ -182,8 +182,7 @@ class Engine:
             groups.setdefault(len(req.prompt_ids), []).append(req)
         for length, reqs in groups.items():
             for r in [r for r in reqs if r.cancelled]:  # its client left while it waited: no prefill
-                r.emit("done", {"finish_reason": "cancelled", "prompt_tokens": len(r.prompt_ids),
-                                "completion_tokens": 0, "text": ""})
+                self._finish(r, "cancelled")
             reqs = [r for r in reqs if not r.cancelled]
             if not reqs:
                 continue

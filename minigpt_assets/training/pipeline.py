@@ -252,16 +252,16 @@ def finished_elsewhere(home: Path, mixture: str, name: str, max_steps: int, own:
 
 
 def other_stage(cat: Catalog, where: str, name: str, stage: str | None, kind: str | None = None,
-                field: str = "experiment") -> tuple[str, StageConfig]:
+                field: str = "experiment", stage_field: str = "stage") -> tuple[str, StageConfig]:
     """(experiment, stage) that a stage names in another experiment: `stage`, else the one of `kind`, else its
-    last stage. `where` and `field` name the recipe field for the error line."""
+    last stage. `where`, `field` and `stage_field` name the recipe fields for the error line."""
     if name not in cat.experiments:
         raise PipelineError(f"{where}.{field}: unknown experiment {name!r}")
     stages = cat.experiments[name].stages
     if stage is not None:
         chosen = next((s for s in stages if s.stage_name == stage), None)
         if chosen is None:
-            raise PipelineError(f"{where}.stage: experiment {name!r} has no stage {stage!r}")
+            raise PipelineError(f"{where}.{stage_field}: experiment {name!r} has no stage {stage!r}")
     else:
         chosen = next((s for s in stages if s.kind == kind), None) if kind else stages[-1]
     if kind is not None and (chosen is None or chosen.kind != kind):
@@ -274,10 +274,8 @@ def teacher_stage(cat: Catalog, st: StageConfig, experiment: str, index: int) ->
     """(experiment, stage) that a distill stage names as its teacher (its last stage unless `teacher_stage`)."""
     d = st.distill
     where = f"recipes/experiments/{experiment}.yaml: stages.{index}.distill"
-    try:
-        return other_stage(cat, where, d.teacher_experiment, d.teacher_stage, field="teacher_experiment")
-    except PipelineError as e:
-        raise PipelineError(str(e).replace(f"{where}.stage:", f"{where}.teacher_stage:")) from None
+    return other_stage(cat, where, d.teacher_experiment, d.teacher_stage, field="teacher_experiment",
+                       stage_field="teacher_stage")
 
 
 def reward_stage(cat: Catalog, st: StageConfig, experiment: str, index: int) -> tuple[str, StageConfig]:
