@@ -12,6 +12,7 @@ Variants (`--impls`), each in a fresh process:
 - `ours+fast+docs`: the same on packed documents (attention kept inside each document), to show what document
   masking costs.
 - `ours+fast+muon`: `ours+fast` with Muon on the hidden matrices (`optim: {name: muon}`).
+- `ours+fast+fp8`: `ours+fast` with `precision: fp8` (torchao float8 training), to set next to bf16 in one run.
 
 With `--to-loss X` (on a `--mixture`), each variant trains from step 0 until its validation loss (the mixture's
 val split, every `eval_every` steps) reaches X, and the table gives the wall time to get there, compilation
@@ -32,7 +33,8 @@ from pathlib import Path
 
 from minigpt_assets.isolated import spawn, worker
 
-IMPLS = ("hf", "hf+compile", "ours", "ours+fast", "ours+fast+docs", "ours+fast+muon")
+IMPLS = ("hf", "hf+compile", "ours", "ours+fast", "ours+fast+docs", "ours+fast+muon", "ours+fast+fp8")
+GPU_IMPLS = ["hf", "hf+compile", "ours", "ours+fast", "ours+fast+docs"]  # the default variants on a GPU
 _LLAMA = {"family": "llama", "tie_embeddings": False, "max_seq_len": 2048, "bos_token_id": 1, "eos_token_id": 2}
 #: the default shapes: (model config, batch) at sequence length 2048 (`tiny`: a CPU shape for the tests)
 SHAPES: dict[str, tuple[dict, int]] = {
@@ -101,7 +103,7 @@ def _stage(job: TrainJob):
     return StageConfig.model_validate({
         "kind": "pretrain", "batch_size": job.batch, "max_steps": job.warmup + job.steps,
         "compile": fast and job.device.startswith("cuda"), "fused_loss": fast, "document_masking": job.impl.endswith("+docs"),
-        "precision": job.precision if fast else "default", "log_every": job.warmup + job.steps,
+        "precision": "fp8" if job.impl.endswith("+fp8") else job.precision if fast else "default", "log_every": job.warmup + job.steps,
         "checkpoint_every": 10**9, "eval_batches": job.eval_batches,
         "optim": {"lr": 3e-4, "warmup_steps": 0, "schedule": "constant",
                   "name": "muon" if job.impl.endswith("+muon") else "adamw"},
@@ -177,7 +179,8 @@ def run_job(d: dict) -> dict:
     name = torch.cuda.get_device_name(dev) if gpu else "cpu"
     peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
     mfu = flops_per_token(cfg, job.seq) * tps / peak if peak else None
-    return {"model": job.name, "impl": job.impl + ("+fp8" if job.precision == "fp8" and "fast" in job.impl else ""),
+    return {"model": job.name, "impl": job.impl + ("+fp8" if job.precision == "fp8" and "fast" in job.impl
+                                                             and not job.impl.endswith("+fp8") else ""),
             "params_M": params / 1e6, "batch": job.batch, "seq": job.seq, "step_ms": elapsed / job.steps * 1e3,
             "tokens_per_s": tps, "mfu": mfu, "peak_mem_GB": (torch.cuda.max_memory_allocated(dev) / 2**30) if gpu
             else None, "data_wait": float(np.sum(waits)) / elapsed, "first_loss": losses[0], "last_loss": losses[-1],
@@ -292,7 +295,7 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
     names = models or (GPU_SHAPES if gpu else ["tiny"])
     if to_loss is not None:
         impls = impls or ["hf+compile" if gpu else "hf", "ours+fast", "ours+fast+muon"]
-    impls = impls or (list(IMPLS[:-1]) if gpu else ["hf", "ours", "ours+fast"])
+    impls = impls or (GPU_IMPLS if gpu else ["hf", "ours", "ours+fast"])
     where = torch.cuda.get_device_name() if gpu else f"{platform.machine()}, {torch.get_num_threads()} threads"
     data = f"mixture {mixture[0]}" if mixture else "random tokens"
     what = (f"time to validation loss {to_loss} (at most {steps} steps, eval every {eval_every})" if to_loss
