@@ -185,3 +185,36 @@ def test_only_what_changed(tiny_recipes, tmp_path):
 
     # forcing runs everything again
     assert len(_ran(materialize_graph(s, force=True, **quiet))) == 15
+
+
+def test_a_fallen_held_out_reward_warns_and_a_bad_run_blocks():
+    """loss_decreased: a policy stage whose held-out reward fell is a warning (its control run is still evaluated);
+    a loss that did not fall or a skipped step is an error, and only errors fail the runner's step."""
+    from minigpt_assets.defs.runner import _describe, _outcome
+    from minigpt_assets.defs.training import training_check
+
+    fell = training_check({"first_val_reward": 0.5, "final_val_reward": 0.4, "bad_steps": 0})
+    assert not fell.passed and fell.severity == dg.AssetCheckSeverity.WARN
+    assert training_check({"first_val_reward": 0.4, "final_val_reward": 0.5, "bad_steps": 0}).passed
+    skipped = training_check({"first_val_reward": 0.4, "final_val_reward": 0.5, "bad_steps": 2})
+    assert not skipped.passed and skipped.severity == dg.AssetCheckSeverity.ERROR
+    flat = training_check({"first_loss": 2.0, "final_loss": 2.1, "bad_steps": 0})
+    assert not flat.passed and flat.severity == dg.AssetCheckSeverity.ERROR
+    assert training_check({"first_loss": 2.0, "final_loss": 1.5, "bad_steps": 0}).passed
+
+    def run(result: dg.AssetCheckResult):
+        @dg.asset
+        def a() -> None:
+            return None
+
+        @dg.asset_check(asset=a, blocking=True)
+        def c() -> dg.AssetCheckResult:
+            return result
+
+        return _outcome("a", None, dg.materialize([a, c], raise_on_error=False), 1.0)
+
+    warned = run(fell)
+    assert warned.ok and "warning: c failed (first_val_reward 0.5, final_val_reward 0.4, bad_steps 0)" in \
+        _describe(warned)
+    blocked = run(flat)
+    assert not blocked.ok and "FAIL" in _describe(blocked)

@@ -151,8 +151,12 @@ def _outcome(name: str, pk: str | None, res: dg.ExecuteInProcessResult, seconds:
     for ev in res.get_asset_materialization_events():
         for k, v in ev.materialization.metadata.items():
             md[k] = getattr(v, "value", v)
-    checks_failed = [e.asset_check_evaluation_data.check_name for e in res.all_events
-                     if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.asset_check_evaluation_data.passed]
+    failed = [e.asset_check_evaluation_data for e in res.all_events
+              if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.asset_check_evaluation_data.passed]
+    checks_failed = [c.check_name for c in failed if c.severity == dg.AssetCheckSeverity.ERROR]
+    md["warnings"] = [c.check_name + " failed (" + ", ".join(f"{k} {getattr(v, 'value', v):.4g}" if isinstance(
+        getattr(v, "value", v), float) else f"{k} {getattr(v, 'value', v)}" for k, v in c.metadata.items()) + ")"
+        for c in failed if c.severity != dg.AssetCheckSeverity.ERROR]
     error = ""
     if not res.success:
         for ev in res.all_events:
@@ -178,6 +182,7 @@ def _describe(o: StepOutcome) -> str:
         bits.append(f"val acc {md['validation_accuracy']:.3f}")
     if md.get("optional_missing"):
         bits.append(f"optional source missing: {md['optional_missing']}")
+    bits += [f"warning: {w}" for w in md.get("warnings", [])]
     return f"  ok   {where:<42} {o.seconds:6.1f}s  {', '.join(bits)}"
 
 

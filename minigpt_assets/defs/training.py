@@ -109,8 +109,9 @@ def _stage_asset(name: str, slot: int, pdef: dg.MultiPartitionsDefinition, deps:
         return dg.MaterializeResult(data_version=dg.DataVersion(weights[:16]), metadata=md)
 
     @dg.asset_check(asset=_asset, name="loss_decreased", blocking=True,
-                    description="the final training loss is below the first one (grpo: the held-out reward did not "
-                                "fall), and no step was skipped")
+                    description="the final training loss is below the first one and no step was skipped (blocks "
+                                "what is below); grpo and ppo: whether the held-out reward fell is a warning, since "
+                                "a control run or a failed method is still worth evaluating")
     def loss_decreased(context: dg.AssetCheckExecutionContext, project: ProjectResource) -> dg.AssetCheckResult:
         import json
 
@@ -118,17 +119,24 @@ def _stage_asset(name: str, slot: int, pdef: dg.MultiPartitionsDefinition, deps:
 
         experiment, mixture = split_training_key(context.partition_key)
         art = project.store().require(name, stage_partition(experiment, mixture))
-        s = json.loads((art.path / "training.json").read_text())
-        if s.get("final_val_reward") is not None:  # grpo: its loss is not a quantity that should fall
-            ok = s["final_val_reward"] >= s["first_val_reward"]
-            keys = ("first_val_reward", "final_val_reward", "bad_steps")
-        else:
-            ok = s["final_loss"] is not None and s["final_loss"] < s["first_loss"]
-            keys = ("first_loss", "final_loss", "bad_steps")
-        ok = ok and s["bad_steps"] == 0
-        return dg.AssetCheckResult(passed=bool(ok), metadata={k: s[k] for k in keys if s.get(k) is not None})
+        return training_check(json.loads((art.path / "training.json").read_text()))
 
     return [_asset, loss_decreased]
+
+
+def training_check(s: dict) -> dg.AssetCheckResult:
+    """`loss_decreased` on a stage's training.json summary. A skipped step or a loss that did not fall is an
+    error (it blocks the assets below); grpo and ppo log a held-out reward instead, and its fall is a warning."""
+    if s.get("final_val_reward") is not None:  # grpo, ppo: their loss is not a quantity that should fall
+        ok = s["final_val_reward"] >= s["first_val_reward"]
+        keys = ("first_val_reward", "final_val_reward", "bad_steps")
+    else:
+        ok = s["final_loss"] is not None and s["final_loss"] < s["first_loss"]
+        keys = ("first_loss", "final_loss", "bad_steps")
+    warn_only = s.get("final_val_reward") is not None and s["bad_steps"] == 0
+    return dg.AssetCheckResult(passed=bool(ok and s["bad_steps"] == 0),
+                               severity=dg.AssetCheckSeverity.WARN if warn_only else dg.AssetCheckSeverity.ERROR,
+                               metadata={k: s[k] for k in keys if s.get(k) is not None})
 
 
 def _reward_mapping(cat: Catalog, aligned: dg.MultiPartitionsDefinition,

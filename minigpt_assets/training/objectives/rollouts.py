@@ -48,7 +48,8 @@ def sample(model, data, idx, n: int, max_new_tokens: int, temperature: float, to
         prompts = torch.from_numpy(np.stack([data.prompts[idx[j]] for j in members])).to(device)
         prompts = prompts.repeat_interleave(n, dim=0)
         seed = xxhash.xxh64_intdigest(f"{seed_key}:{[idx[j] for j in members]}".encode())
-        with autocast():
+        # compiled blocks (compile: auto on a GPU) would recompile for every cache length and layer: sample eagerly
+        with autocast(), torch.compiler.set_stance("force_eager"):
             out = generate(model, prompts, max_new_tokens, temperature=0.0 if greedy else temperature,
                            top_k=top_k, eos_token_id=data.eos_id, seed=seed % 2**63)
         comp = out[:, plen:]
