@@ -71,7 +71,8 @@ class TrainingProfile(BaseModel):
     launcher: Literal["process", "torchrun"] = "process"
     nproc_per_node: int = Field(1, gt=0)
     nnodes: int = Field(1, gt=0)
-    strategy: Literal["none", "ddp", "fsdp", "zero2", "zero3"] = "none"  # zero*: DeepSpeed ZeRO (pip extra)
+    strategy: Literal["none", "ddp", "fsdp", "hsdp", "zero2", "zero3"] = "none"  # hsdp: replicate across nodes, shard
+    # within one (FSDP2 on a 2-D mesh); zero*: DeepSpeed ZeRO (pip extra)
     rdzv_endpoint: str | None = None
     rdzv_id: str = "minigpt"
     device: str | None = None

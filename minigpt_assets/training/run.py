@@ -4,7 +4,7 @@ SPEC is JSON: {"model": {model recipe fields}, "stage": {stage fields}, "run_dir
 "data": {"kind": "mixture", "path": MIXTURE_ARTIFACT} | {"kind": "array", "path": "x.npy", "seq_len": N, "eos": E}
 | {"kind": "chat" | "preferences" | "tasks", "chat": {ChatData fields}, "tokenizer": dir, ...},
 "max_steps": optional int, "device": optional str, "init_weights": optional checkpoint folder,
-"teacher": optional model folder (distill), "reward_model": optional reward model folder (ppo), "strategy": "none" | "ddp" | "fsdp"}. Under `torchrun` (WORLD_SIZE > 1) it joins the process group (gloo on CPU,
+"teacher": optional model folder (distill), "reward_model": optional reward model folder (ppo), "strategy": "none" | "ddp" | "fsdp" | "hsdp" | "zero2" | "zero3"}. Under `torchrun` (WORLD_SIZE > 1) it joins the process group (gloo on CPU,
 NCCL on GPUs) and each rank trains its share of every global batch. Rank 0 prints `RESULT {json}` last.
 """
 

@@ -26,7 +26,9 @@ from minigpt_assets.training.config import OptimConfig, StageConfig
 from minigpt_assets.training.optimizers import OptimizerError, build_optimizer
 
 
-STRATEGIES = ("none", "ddp", "fsdp", "zero2", "zero3")  # zero*: DeepSpeed ZeRO stage 2 or 3
+STRATEGIES = ("none", "ddp", "fsdp", "hsdp", "zero2", "zero3")  # zero*: DeepSpeed ZeRO stage 2 or 3
+#: FSDP2 over one mesh dimension (fsdp), or two: replicated across nodes, sharded within a node (hsdp)
+SHARDED = ("fsdp", "hsdp")
 STAGE_METRICS = ("reward_accuracy", "reward_margin", "reward", "kl", "completion_tokens", "clip_fraction", "value_loss",
                  "entropy")
 
@@ -167,14 +169,25 @@ class Trainer:
 
     def _parallelize(self) -> torch.nn.Module:
         """DDP replicates the module; FSDP2 (`fully_shard`) shards every block and then the root, so the
-        optimizer built afterwards holds only this rank's shard of each parameter."""
+        optimizer built afterwards holds only this rank's shard of each parameter. HSDP is FSDP2 on a 2-D mesh:
+        each node's ranks (torchrun's LOCAL_WORLD_SIZE) shard the model, and the nodes hold replicas whose
+        gradients are all-reduced, so the cross-node traffic is one all-reduce of a shard per step."""
         model = self.model
-        if self.strategy == "fsdp":
+        if self.strategy in SHARDED:
             from torch.distributed.fsdp import fully_shard
 
+            mesh = None
+            if self.strategy == "hsdp":
+                from torch.distributed.device_mesh import init_device_mesh
+
+                local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+                if self.world_size % local:
+                    raise TrainingError(f"strategy hsdp: {self.world_size} ranks do not split into nodes of {local}")
+                mesh = init_device_mesh(self.device.type, (self.world_size // local, local),
+                                        mesh_dim_names=("replicate", "shard"))
             for layer in model.model.layers:
-                fully_shard(layer)
-            fully_shard(model)
+                fully_shard(layer, mesh=mesh)
+            fully_shard(model, mesh=mesh)
         if self.compiled:  # each block on its own: short compile times, and FSDP/checkpointing see the same modules
             for layer in model.model.layers:
                 layer.compile()
@@ -191,7 +204,7 @@ class Trainer:
 
         if self.strategy == "ddp" and not enabled:
             return self.train_model.no_sync()
-        if self.strategy == "fsdp":
+        if self.strategy in SHARDED:
             self.model.set_requires_gradient_sync(enabled)
         return contextlib.nullcontext()
 

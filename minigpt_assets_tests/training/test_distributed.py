@@ -92,8 +92,10 @@ def test_fsdp_checkpoint_resumes_on_one_process(tmp_path, single):
     np.testing.assert_allclose(first["losses"] + rest["losses"], single["losses"], rtol=2e-4)
 
 
-def test_two_node_launch_command_on_one_machine(tmp_path, single):
-    """The cluster profile's per-node torchrun lines, run as two 'nodes' meeting at a local rendezvous."""
+@pytest.mark.parametrize("strategy,per_node", [("fsdp", 1), ("hsdp", 2)])
+def test_two_node_launch_command_on_one_machine(tmp_path, single, strategy, per_node):
+    """The cluster profile's per-node torchrun lines, run as two 'nodes' meeting at a local rendezvous. hsdp: two
+    ranks a node shard the model, the two nodes replicate it; the checkpoint it writes resumes in one process."""
     import socket
 
     from minigpt_assets.settings import TrainingProfile
@@ -102,9 +104,9 @@ def test_two_node_launch_command_on_one_machine(tmp_path, single):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    profile = TrainingProfile(launcher="torchrun", nnodes=2, nproc_per_node=1, strategy="fsdp",
+    profile = TrainingProfile(launcher="torchrun", nnodes=2, nproc_per_node=per_node, strategy=strategy,
                               rdzv_endpoint=f"127.0.0.1:{port}", rdzv_id="twonodes")
-    spec = _spec(tmp_path, "nodes", "fsdp")
+    spec = _spec(tmp_path, "nodes", strategy, max_steps=4 if strategy == "hsdp" else None)
     cmds = [launch_command(profile, spec, node_rank=r) for r in (0, 1)]
     assert "--nnodes=2" in cmds[0] and f"--rdzv-endpoint=127.0.0.1:{port}" in cmds[0]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -114,6 +116,13 @@ def test_two_node_launch_command_on_one_machine(tmp_path, single):
     lines = [x for o in outs for x in o[0].splitlines() if x.startswith("RESULT ")]
     assert len(lines) == 1  # only global rank 0 reports
     res = json.loads(lines[0][len("RESULT "):])
+    if strategy == "hsdp":  # steps 5-8 from its checkpoint, in one process
+        data = json.loads(spec.read_text())
+        data.update(strategy="none", max_steps=None)
+        spec.write_text(json.dumps(data))
+        rest = _run(spec)
+        assert rest["resumed_from"] == 4
+        res["losses"] += rest["losses"]
     np.testing.assert_allclose(res["losses"], single["losses"], rtol=2e-4)
 
 
