@@ -127,6 +127,19 @@ def _bench_train(args: argparse.Namespace, cat: Catalog, models: list[str] | Non
         mixture = (args.mixture, art.path, cat.mixtures[args.mixture].seq_len)
     if args.to_loss is not None and mixture is None:
         return _fail("bench train: --to-loss needs --mixture (its val split is what the loss is measured on)")
+    strategies = args.strategies.split(",") if args.strategies else None
+    if args.nproc > 1:
+        from minigpt_assets.training.trainer import STRATEGIES
+
+        bad = [s for s in strategies or [] if s not in STRATEGIES or s == "none"]
+        if bad:
+            return _fail(f"bench train: --strategies: unknown {', '.join(bad)} (known: "
+                         f"{', '.join(s for s in STRATEGIES if s != 'none')})")
+        if any(i.startswith("hf") for i in impls or []) or args.to_loss is not None:
+            return _fail("bench train: --nproc runs our variants only (transformers' side is one process), "
+                         "and not with --to-loss")
+    elif strategies:
+        return _fail("bench train: --strategies needs --nproc N (N > 1)")
     from pydantic import ValidationError
 
     from minigpt_assets.training.config import StageConfig
@@ -145,7 +158,7 @@ def _bench_train(args: argparse.Namespace, cat: Catalog, models: list[str] | Non
         return _fail(f"bench train: --stage-options: {where}")
     rows = T.run_train_bench(models, recipes, args.device, args.steps, args.warmup, args.batch, args.seq, impls,
                              args.precision, Path(args.json) if args.json else None, mixture, args.to_loss,
-                             args.eval_every, extra)
+                             args.eval_every, extra, args.nproc, strategies)
     return 0 if rows and all("error" not in r for r in rows) else 1
 
 
@@ -234,6 +247,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                                  "(with --mixture; --steps is then the most steps)")
     s.add_argument("--stage-options", help="train: JSON of stage fields for our variants, e.g. "
                                            "'{\"activation_checkpointing\": true, \"optim\": {\"name\": \"adamw8bit\"}}'")
+    s.add_argument("--nproc", type=int, default=1, help="train: also run our variants as N ranks under torchrun on "
+                   "this machine (tokens/s per GPU next to one process)")
+    s.add_argument("--strategies", help="train --nproc: comma-separated of fsdp,ddp,hsdp,zero2,zero3 (default fsdp,ddp)")
     s.add_argument("--eval-every", type=int, default=25, help="train --to-loss: steps between validation losses")
     s.add_argument("--mixture", help="train: real tokens from this materialized mixture (its seq_len) instead of "
                                      "random ones; the losses then compare what each variant learns")

@@ -10,10 +10,13 @@ import sys
 from typing import Callable
 
 
-def spawn(module: str, job: dict, ident: dict, timeout: float | None = None) -> dict:
-    """Run `python -m module JOB_JSON` and return its result (or `ident` with the error)."""
+def spawn(module: str, job: dict, ident: dict, timeout: float | None = None, nproc: int = 1) -> dict:
+    """Run `python -m module JOB_JSON` (with `nproc` > 1: `nproc` ranks under torchrun on this machine, rank 0
+    reporting) and return its result (or `ident` with the error)."""
+    launch = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                  f"--nproc-per-node={nproc}"]
     try:
-        proc = subprocess.run([sys.executable, "-m", module, json.dumps(job)], capture_output=True, text=True,
+        proc = subprocess.run([*launch, "-m", module, json.dumps(job)], capture_output=True, text=True,
                               timeout=timeout)
     except subprocess.TimeoutExpired:
         return {**ident, "error": f"timed out after {timeout:.0f} s"}
@@ -25,10 +28,15 @@ def spawn(module: str, job: dict, ident: dict, timeout: float | None = None) -> 
 
 
 def worker(run: Callable[[dict], dict], argv: list[str], ident: Callable[[dict], dict]) -> int:
-    """The worker side: run one job, print its result line (on an error, `ident(job)` and the error)."""
+    """The worker side: run one job, print its result line (on an error, `ident(job)` and the error). Under
+    torchrun only rank 0 prints."""
+    import os
+
     job = json.loads(argv[0])
     try:
-        print("RESULT " + json.dumps(run(job)), flush=True)
+        line = "RESULT " + json.dumps(run(job))
     except Exception as e:  # noqa: BLE001 - a failed variant is a row in the table
-        print("RESULT " + json.dumps({**ident(job), "error": f"{type(e).__name__}: {e}"}), flush=True)
+        line = "RESULT " + json.dumps({**ident(job), "error": f"{type(e).__name__}: {e}"})
+    if os.environ.get("RANK", "0") == "0":
+        print(line, flush=True)
     return 0

@@ -14,6 +14,10 @@ Variants (`--impls`), each in a fresh process:
 - `ours+fast+muon`: `ours+fast` with Muon on the hidden matrices (`optim: {name: muon}`).
 - `ours+fast+fp8`: `ours+fast` with `precision: fp8` (torchao float8 training), to set next to bf16 in one run.
 
+With `--nproc N`, each of our variants also runs as N ranks under torchrun on this machine, once per parallel
+strategy (`--strategies fsdp,ddp,zero2,zero3,hsdp`), with the same batch per rank as its one-process row (weak
+scaling: N times the global batch). The table gives tokens/s per GPU and its ratio to one process.
+
 With `--to-loss X` (on a `--mixture`), each variant trains from step 0 until its validation loss (the mixture's
 val split, every `eval_every` steps) reaches X, and the table gives the wall time to get there, compilation
 included and evaluation excluded.
@@ -70,6 +74,8 @@ class TrainJob:
     eval_batches: int = 8
     seed: int = 0
     extra: dict = field(default_factory=dict)
+    nproc: int = 1  # ranks under torchrun (`batch` is per rank)
+    strategy: str = "none"  # how those ranks split the model: ddp | fsdp | hsdp | zero2 | zero3
 
 
 def flops_per_token(cfg, seq: int) -> float:
@@ -101,7 +107,7 @@ def _stage(job: TrainJob):
 
     fast = job.impl.startswith("ours+fast")
     return StageConfig.model_validate({
-        "kind": "pretrain", "batch_size": job.batch, "max_steps": job.warmup + job.steps,
+        "kind": "pretrain", "batch_size": job.batch * job.nproc, "max_steps": job.warmup + job.steps,
         "compile": fast and job.device.startswith("cuda"), "fused_loss": fast, "document_masking": job.impl.endswith("+docs"),
         "precision": "fp8" if job.impl.endswith("+fp8") else job.precision if fast else "default", "log_every": job.warmup + job.steps,
         "checkpoint_every": 10**9, "eval_batches": job.eval_batches,
@@ -111,38 +117,58 @@ def _stage(job: TrainJob):
 
 
 def run_job(d: dict) -> dict:
-    """One variant, inside its worker process."""
+    """One variant, inside its worker process (each rank's, under torchrun)."""
+    import torch
+
+    from minigpt_assets.models import make_config
+
+    job = TrainJob(**d)
+    cfg = make_config({**job.model, "max_seq_len": max(job.model.get("max_seq_len", 0), job.seq)})
+    rank, world = 0, 1
+    if job.nproc > 1:
+        from minigpt_assets.training.run import join_distributed
+
+        rank, world, job.device = join_distributed({"device": job.device, "strategy": job.strategy})
+        if world != job.nproc:
+            raise RuntimeError(f"expected {job.nproc} ranks, torchrun started {world}")
+    try:
+        return _run_job(job, cfg, rank, world)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _run_job(job: TrainJob, cfg, rank: int, world: int) -> dict:
     import numpy as np
     import torch
 
     from minigpt_assets.data.loader import ArrayTokens, PackedLoader, Prefetcher
-    from minigpt_assets.models import make_config
     from minigpt_assets.training.trainer import Trainer
 
-    job = TrainJob(**d)
-    cfg = make_config({**job.model, "max_seq_len": max(job.model.get("max_seq_len", 0), job.seq)})
     dev = torch.device(job.device)
     gpu = dev.type == "cuda"
+    batch_all = job.batch * world  # the global batch: `job.batch` rows on each rank
     if job.mixture:
         from minigpt_assets.data.loader import open_mixture
 
         data = open_mixture(Path(job.mixture), "train")
         if data.window - 1 != job.seq:  # the same real tokens, cut into windows of --seq
-            need = (job.warmup + job.steps + 2) * job.batch * (job.seq + 1)
+            need = (job.warmup + job.steps + 2) * batch_all * (job.seq + 1)
             stream, i = [], 0
             while sum(map(len, stream)) < need and i < len(data):
                 stream.append(data.window_tokens(i)[0])
                 i += 1
             data = ArrayTokens(np.concatenate(stream)[:need], job.seq, cfg.eos_token_id or 0)
     else:
-        n_tokens = (job.warmup + job.steps + 2) * job.batch * (job.seq + 1)
+        n_tokens = (job.warmup + job.steps + 2) * batch_all * (job.seq + 1)
         data = ArrayTokens(token_stream(cfg.vocab_size, n_tokens, job.doc_len, cfg.eos_token_id or 0, job.seed),
                            job.seq, cfg.eos_token_id or 0)
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     stage = _stage(job)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, stage, data, Path(tmp), device=job.device)
+        trainer = Trainer(cfg, stage, data, Path(tmp), device=job.device, rank=rank, world_size=world,
+                          strategy=job.strategy)
         params = trainer.model.num_params()  # before the hf side moves ours to "meta" (which unties a tied head)
         if job.impl.startswith("hf"):
             step, evaluate = _hf_loop(trainer, job)  # fed like ours: prefetched, pinned on a GPU
@@ -175,7 +201,7 @@ def run_job(d: dict) -> dict:
         elapsed = time.perf_counter() - t_start
         batches.close()
     losses = [float(x) for x in losses]
-    tps = job.steps * job.batch * job.seq / elapsed
+    tps = job.steps * job.batch * job.seq / elapsed  # per rank (each rank trains `job.batch` rows a step)
     name = torch.cuda.get_device_name(dev) if gpu else "cpu"
     peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
     mfu = flops_per_token(cfg, job.seq) * tps / peak if peak else None
@@ -185,7 +211,7 @@ def run_job(d: dict) -> dict:
             "tokens_per_s": tps, "mfu": mfu, "peak_mem_GB": (torch.cuda.max_memory_allocated(dev) / 2**30) if gpu
             else None, "data_wait": float(np.sum(waits)) / elapsed, "first_loss": losses[0], "last_loss": losses[-1],
             "tail_loss": float(np.mean(losses[-10:])),
-            "device": name}
+            "device": name, "gpus": world, "strategy": job.strategy}
 
 
 def _sync(gpu: bool) -> None:
@@ -279,10 +305,12 @@ def _hf_loop(trainer, job: TrainJob):
 def run_train_bench(models: list[str] | None, recipes: dict, device: str | None, steps: int, warmup: int,
                     batch: int | None, seq: int | None, impls: list[str] | None, precision: str = "default",
                     out: Path | None = None, mixture: tuple[str, Path, int] | None = None,
-                    to_loss: float | None = None, eval_every: int = 25, extra: dict | None = None) -> list[dict]:
+                    to_loss: float | None = None, eval_every: int = 25, extra: dict | None = None,
+                    nproc: int = 1, strategies: list[str] | None = None) -> list[dict]:
     """Run every (shape, variant) and print the table. `recipes`: model recipe name -> config dict, for names
     that are not built-in shapes; `mixture`: (name, folder, seq_len) of real tokens to train on; `to_loss`:
-    time each variant to this validation loss instead (at most `steps` steps)."""
+    time each variant to this validation loss instead (at most `steps` steps); `nproc` > 1: each variant also
+    as `nproc` ranks under each of `strategies`."""
     import json
     import platform
 
@@ -295,7 +323,8 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
     names = models or (GPU_SHAPES if gpu else ["tiny"])
     if to_loss is not None:
         impls = impls or ["hf+compile" if gpu else "hf", "ours+fast", "ours+fast+muon"]
-    impls = impls or (GPU_IMPLS if gpu else ["hf", "ours", "ours+fast"])
+    impls = impls or (["ours+fast"] if nproc > 1 else GPU_IMPLS if gpu else ["hf", "ours", "ours+fast"])
+    runs = [(1, "none")] + [(nproc, s) for s in (strategies or ["fsdp", "ddp"])] if nproc > 1 else [(1, "none")]
     where = torch.cuda.get_device_name() if gpu else f"{platform.machine()}, {torch.get_num_threads()} threads"
     data = f"mixture {mixture[0]}" if mixture else "random tokens"
     what = (f"time to validation loss {to_loss} (at most {steps} steps, eval every {eval_every})" if to_loss
@@ -308,16 +337,21 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
         model, default_batch = SHAPES[name] if name in SHAPES else (recipes[name], 4)
         s = seq or (mixture[2] if mixture else 2048 if gpu else 64)
         for impl in impls:
-            job = TrainJob(name, model, impl, device, batch or default_batch, s, steps, warmup, precision,
-                           mixture=str(mixture[1]) if mixture else None, to_loss=to_loss, eval_every=eval_every,
-                           extra=extra or {})
-            rows.append(spawn("minigpt_assets.training.bench", asdict(job), {"model": name, "impl": impl}))
-            r = rows[-1]
-            done = ("error" if "error" in r else f"{r['tokens_per_s']:,.0f} tok/s" if "tokens_per_s" in r
-                    else f"val {r['val_loss']:.3f} after {r['steps']} steps")
-            print(f"  {name:<16} {impl:<16} " + (r["error"][:120] if "error" in r else done), flush=True)
+            for n, strategy in runs:
+                job = TrainJob(name, model, impl, device, batch or default_batch, s, steps, warmup, precision,
+                               mixture=str(mixture[1]) if mixture else None, to_loss=to_loss, eval_every=eval_every,
+                               extra=extra or {}, nproc=n, strategy=strategy)
+                ident = {"model": name, "impl": impl, "gpus": n, "strategy": strategy}
+                rows.append(spawn("minigpt_assets.training.bench", asdict(job), ident, nproc=n))
+                r = rows[-1]
+                done = ("error" if "error" in r else f"{r['tokens_per_s']:,.0f} tok/s" + ("/GPU" if n > 1 else "")
+                        if "tokens_per_s" in r
+                        else f"val {r['val_loss']:.3f} after {r['steps']} steps")
+                label = impl if n == 1 else f"{impl} x{n} {strategy}"
+                print(f"  {name:<16} {label:<24} " + (r["error"][:120] if "error" in r else done), flush=True)
     print()
-    print(format_table(*(to_loss_table(rows) if to_loss is not None else table(rows))))
+    print(format_table(*(to_loss_table(rows) if to_loss is not None else scaling_table(rows) if nproc > 1
+                         else table(rows))))
     if out:
         out.write_text(json.dumps(rows, indent=2) + "\n")
     return rows
@@ -341,6 +375,25 @@ def table(rows: list[dict]) -> tuple[list[str], list[tuple]]:
                     f"{r['tokens_per_s']:,.0f}", f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a",
                     f"{r['peak_mem_GB']:.1f}" if r["peak_mem_GB"] is not None else "n/a", f"{r['data_wait']:.2%}",
                     f"{r['tokens_per_s'] / ref:.2f}x" if ref else "", f"{r['first_loss']:.3f}/{r['last_loss']:.3f}/{r['tail_loss']:.3f}"))
+    return cols, out
+
+
+def scaling_table(rows: list[dict]) -> tuple[list[str], list[tuple]]:
+    """`--nproc`: tokens/s per GPU and its ratio to the same variant in one process."""
+    one = {(r["model"], r["impl"]): r["tokens_per_s"] for r in rows if r.get("gpus") == 1 and "error" not in r}
+    cols = ["model", "impl", "GPUs", "strategy", "batch/GPU x seq", "step ms", "tokens/s/GPU", "MFU", "peak GB",
+            "vs 1 GPU", "loss first/last"]
+    out = []
+    for r in rows:
+        if "error" in r:
+            out.append((r["model"], r["impl"], r.get("gpus", ""), r.get("strategy", ""), "", "", "", "", "", "",
+                        r["error"][:90]))
+            continue
+        ref = one.get((r["model"], r["impl"]))
+        out.append((r["model"], r["impl"], r["gpus"], r["strategy"], f"{r['batch']}x{r['seq']}", f"{r['step_ms']:.1f}",
+                    f"{r['tokens_per_s']:,.0f}", f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a",
+                    f"{r['peak_mem_GB']:.1f}" if r["peak_mem_GB"] is not None else "n/a",
+                    f"{r['tokens_per_s'] / ref:.2f}x" if ref else "", f"{r['first_loss']:.3f}/{r['last_loss']:.3f}"))
     return cols, out
 
 

@@ -185,7 +185,7 @@ def _reporter(pipes, wandb_run=None):
     return report
 
 
-def _distributed(spec: dict) -> tuple[int, int, str | None]:
+def join_distributed(spec: dict) -> tuple[int, int, str | None]:
     """(rank, world size, device) from torchrun's environment, with the process group joined."""
     import os
 
@@ -208,7 +208,7 @@ def _distributed(spec: dict) -> tuple[int, int, str | None]:
 def run(spec: dict) -> dict:
     import torch
 
-    rank, world, device = _distributed(spec)
+    rank, world, device = join_distributed(spec)
     train, val = open_data(spec["data"])
     wandb_run = _wandb(spec) if rank == 0 else None
     try:

@@ -246,6 +246,19 @@ def test_bench_train_to_loss_times_each_side_to_the_target(capsys):
     assert "sooner than best hf" in out
 
 
+def test_bench_train_nproc_runs_each_strategy_as_ranks_under_torchrun(capsys):
+    """`--nproc 2`: one process, then 2 gloo ranks per strategy with the same batch per rank; the strategies train
+    the same global batch from the same weights, so their losses agree; the table gives tokens/s per GPU."""
+    from minigpt_assets.training.bench import run_train_bench
+
+    rows = run_train_bench(["tiny"], {}, "cpu", 2, 1, 4, None, ["ours+fast"], nproc=2, strategies=["ddp", "fsdp"])
+    assert [r.get("error") for r in rows] == [None] * 3, rows
+    assert [(r["gpus"], r["strategy"]) for r in rows] == [(1, "none"), (2, "ddp"), (2, "fsdp")]
+    np.testing.assert_allclose([rows[1]["first_loss"], rows[1]["last_loss"]],
+                               [rows[2]["first_loss"], rows[2]["last_loss"]], rtol=1e-4)
+    assert "tokens/s/GPU" in capsys.readouterr().out
+
+
 def test_adamw8bit_keeps_quantized_states_and_learns(tmp_path):
     """torchao's AdamW8bit: the moments of the large matrices are 8-bit, and the model still learns to count."""
     pytest.importorskip("torchao", reason="torchao is not installed (pip install -e '.[dev]')")
