@@ -31,6 +31,33 @@ class _Ids:
         return " ".join(map(str, ids))
 
 
+def test_incremental_detokenization_settles_the_same_text_as_one_decode():
+    """Streaming decodes only the tokens since the last settled point; the settled text is always a prefix of the
+    whole answer's decode, never holds half a character, and ends equal to it (byte-level BPE, where characters
+    such as 'é' and '日' span several tokens)."""
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["plain words and more words"] * 20, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    text = "café 日本語 words, naïve 🙂 more words"
+    ids = tok.encode(text).ids
+    assert len(ids) > len(text.split())  # the rare characters are split over byte tokens
+    eng = SimpleNamespace(tok=tok)
+    req = Request([1], Params(max_tokens=100), lambda *a: None)
+    for i in ids:
+        req.ids.append(i)
+        settled = Engine._settle(eng, req)
+        whole = tok.decode(req.ids)
+        assert whole.startswith(settled) and "\ufffd" not in settled
+        assert len(whole.rstrip("\ufffd")) - len(settled) <= 4  # only an unfinished character waits
+    assert req.text == text
+
+
 def test_continuous_batching_decodes_what_generate_decodes():
     """Eight requests through a batch of four: rows of different lengths join as others leave; greedy answers equal
     one-at-a-time `generate`, and the batch took fewer steps than the requests' tokens."""

@@ -32,19 +32,25 @@ class SlotCache:
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
+        self.host = [0] * slots  # the same lengths on the host: reading them never waits for the device
         self.slots, self.max_len, self.n = slots, max_len, 0
         self.mask: torch.Tensor | None = None
         self._width = 0
+        self._rows = torch.arange(slots, device=device)
+        self._pos = torch.arange(max_len + 1, device=device)
 
     # the model reads `length` (positions before the new token: an int when the rows have one length, as a plain
-    # cache's) and adds the tokens it ran
+    # cache's) once per layer, and adds the token each row ran after the last layer
     @property
     def length(self) -> torch.Tensor | int:
-        return int(self.lengths[0]) if self.mask is None else self.lengths[:self.n]
+        return self.host[0] if self.mask is None else self.lengths[:self.n]
 
     @length.setter
     def length(self, value: torch.Tensor | int) -> None:
+        """After a decode step (`length += 1`): one more token in every row. With a mask the model's `+=` has
+        already added it in place to the view the getter returned; the host copy follows without reading it."""
         self.lengths[:self.n] = value
+        self.host[:self.n] = [value] * self.n if isinstance(value, int) else [x + 1 for x in self.host[:self.n]]
 
     def add(self, prefill: KVCache, tokens: int, row: int = 0) -> int:
         """Copy row `row` of a prefilled cache into the next free slot; returns the slot."""
@@ -53,6 +59,7 @@ class SlotCache:
             self.k[layer][s, :, :tokens] = prefill.k[layer][row, :, :tokens]
             self.v[layer][s, :, :tokens] = prefill.v[layer][row, :, :tokens]
         self.lengths[s] = tokens
+        self.host[s] = tokens
         self.n += 1
         return s
 
@@ -61,32 +68,37 @@ class SlotCache:
         last = self.n - 1
         moved = None
         if slot != last:
-            n = int(self.lengths[last])
+            n = self.host[last]
             for layer in range(len(self.k)):
                 self.k[layer][slot, :, :n] = self.k[layer][last, :, :n]
                 self.v[layer][slot, :, :n] = self.v[layer][last, :, :n]
             self.lengths[slot] = self.lengths[last]
+            self.host[slot] = self.host[last]
             moved = last
         self.n -= 1
         return moved
 
     def begin_step(self) -> None:
         """Before a decode step of one token per live row: the mask over keys up to the longest row."""
-        lengths = self.lengths[:self.n]
-        lo, hi = lengths.aminmax()
-        self._width = int(hi) + 1
-        if int(lo) == int(hi):  # rows of one length (admitted together): every key is real, no mask needed
+        lo, hi = min(self.host[:self.n]), max(self.host[:self.n])
+        self._width = hi + 1
+        if lo == hi:  # rows of one length (admitted together): every key is real, no mask needed
             self.mask = None
             return
-        pos = torch.arange(self._width, device=lengths.device)
-        self.mask = (pos[None] <= lengths[:, None])[:, None, None]  # [n, 1, 1, width]
+        lengths = self.lengths[:self.n]
+        self.mask = (self._pos[None, :self._width] <= lengths[:, None])[:, None, None]  # [n, 1, 1, width]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.arange(self.n, device=k.device)
-        pos = self.lengths[:self.n]
-        self.k[layer][rows, :, pos] = k[:, :, 0]
-        self.v[layer][rows, :, pos] = v[:, :, 0]
-        return self.k[layer][:self.n, :, :self._width], self.v[layer][:self.n, :, :self._width]
+        n = self.n
+        if self.mask is None:  # one length: a slice write
+            at = self.host[0]
+            self.k[layer][:n, :, at] = k[:, :, 0]
+            self.v[layer][:n, :, at] = v[:, :, 0]
+        else:
+            rows, pos = self._rows[:n], self.lengths[:n]
+            self.k[layer][rows, :, pos] = k[:, :, 0]
+            self.v[layer][rows, :, pos] = v[:, :, 0]
+        return self.k[layer][:n, :, :self._width], self.v[layer][:n, :, :self._width]
 
 
 @dataclass
@@ -108,6 +120,9 @@ class Request:
     params: Params
     emit: Callable[[str, object], None]
     ids: list[int] = field(default_factory=list)
+    text: str = ""  # the answer's settled text (the tokens before `read_at`)
+    prefix_at: int = 0  # incremental detokenization: text up to here is settled and never decoded again,
+    read_at: int = 0  # and ids[prefix_at:read_at] are decoded once more as the context of the next tokens
     sent: int = 0  # characters of text already emitted
     generator: torch.Generator | None = None
     slot: int = -1
@@ -225,15 +240,13 @@ class Engine:
         if tok in self.eos_ids and not p.ignore_eos:
             return self._finish(req, "stop")
         req.ids.append(tok)
-        text = self.tok.decode(req.ids)
+        text = self._settle(req)
         cut = min((i for i in (text.find(s) for s in p.stop if s) if i >= 0), default=-1)
         if cut >= 0:
             return self._finish(req, "stop", text[:cut])
         if len(req.ids) >= p.max_tokens or len(req.prompt_ids) + len(req.ids) >= self.context:
             return self._finish(req, "length", text)
         final = len(text)
-        if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
-            final = len(text.rstrip("\ufffd"))
         for s in p.stop:  # hold back what may be the start of a stop string
             for k in range(min(len(s) - 1, final), 0, -1):
                 if text[:final].endswith(s[:k]):
@@ -242,6 +255,17 @@ class Engine:
         if final > req.sent:
             req.emit("delta", text[req.sent:final])
             req.sent = final
+
+    def _settle(self, req: Request) -> str:
+        """The answer's text, decoding only the tokens since the last settled point (linear in the answer's
+        length, not quadratic): new tokens are decoded with a few tokens before them as context, and become
+        settled text unless they end inside a character split across tokens (then they wait for the rest)."""
+        before = self.tok.decode(req.ids[req.prefix_at:req.read_at])
+        now = self.tok.decode(req.ids[req.prefix_at:])
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            req.text += now[len(before):]
+            req.prefix_at, req.read_at = req.read_at, len(req.ids)
+        return req.text
 
     def _finish(self, req: Request, reason: str | None, text: str | None = None, error: str | None = None) -> None:
         if text is None:
