@@ -169,6 +169,11 @@ class ArtifactStore:
 
 
 # ----------------------------------------------------------------------------------------------------- stats
+#: training_metrics' objective-specific columns, the one list the trainer's rows and the pipeline's table follow:
+#: dpo/reward-model pair accuracy and margin, grpo/ppo mean reward, distill/grpo/ppo KL, ppo's update statistics;
+#: `val_`: measured on held-out data at evaluation steps (grpo/ppo: greedy answers)
+OBJECTIVE_METRICS = ("reward_accuracy", "val_reward_accuracy", "reward", "val_reward", "kl", "reward_margin",
+                     "val_reward_margin", "completion_tokens", "clip_fraction", "value_loss", "entropy")
 STATS_SCHEMAS: dict[str, pa.Schema] = {
     "source_stats": pa.schema([("source", pa.string()), ("stage", pa.string()), ("documents", pa.int64()),
                                ("bytes", pa.int64())]),
@@ -190,13 +195,7 @@ STATS_SCHEMAS: dict[str, pa.Schema] = {
                                    ("step", pa.int64()), ("loss", pa.float64()), ("val_loss", pa.float64()),
                                    ("lr", pa.float64()), ("grad_norm", pa.float64()), ("tokens", pa.int64()),
                                    ("tokens_per_s", pa.float64()), ("skipped", pa.bool_()),
-                                   # objective-specific: dpo/reward-model pair accuracy and margin, grpo/ppo mean
-                                   # reward (val_: greedy, held out), distill/grpo/ppo KL, ppo's update statistics
-                                   ("reward_accuracy", pa.float64()), ("val_reward_accuracy", pa.float64()),
-                                   ("reward", pa.float64()), ("val_reward", pa.float64()), ("kl", pa.float64()),
-                                   ("reward_margin", pa.float64()), ("val_reward_margin", pa.float64()),
-                                   ("completion_tokens", pa.float64()), ("clip_fraction", pa.float64()),
-                                   ("value_loss", pa.float64()), ("entropy", pa.float64())]),
+                                   *[(k, pa.float64()) for k in OBJECTIVE_METRICS]]),
     # evaluation: per-example results (a run's score on a task is sum(value) / sum(weight)), per-run aggregates
     # with bootstrap intervals, the pairwise tests and verdicts of the latest comparison, n-gram contamination
     "eval_results": pa.schema([("mixture", pa.string()), ("experiment", pa.string()), ("stage", pa.string()),

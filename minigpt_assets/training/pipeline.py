@@ -22,7 +22,7 @@ from typing import Callable
 
 from minigpt_assets.recipes import Catalog
 from minigpt_assets.settings import TrainingProfile, load_profile, quiet_openmp
-from minigpt_assets.store import Artifact, ArtifactStore, StatsDB
+from minigpt_assets.store import OBJECTIVE_METRICS, Artifact, ArtifactStore, StatsDB
 from minigpt_assets.training.config import STAGE_SLOTS, StageConfig
 
 STAGE_ASSETS = {"pretrain": "pretrained_model", "sft": "sft_model", "lora": "sft_model", "distill": "sft_model",
@@ -30,8 +30,6 @@ STAGE_ASSETS = {"pretrain": "pretrained_model", "sft": "sft_model", "lora": "sft
 assert set(STAGE_ASSETS) == set(STAGE_SLOTS)
 MIXTURE_ASSET, TOKENIZER_ASSET = "mixture", "tokenizer"
 
-OBJECTIVE_METRICS = ("reward_accuracy", "val_reward_accuracy", "reward", "val_reward", "kl", "reward_margin",
-                     "val_reward_margin", "completion_tokens", "clip_fraction", "value_loss", "entropy")
 DATA_KINDS = {"dpo": "preferences", "reward": "preferences", "grpo": "tasks", "ppo": "tasks"}  # others: chat
 Launcher = Callable[[list[str], Path], int]  # (command, log file) -> exit code
 

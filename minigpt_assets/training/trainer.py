@@ -21,6 +21,7 @@ import torch
 from minigpt_assets.data.loader import PackedLoader, Prefetcher
 from minigpt_assets.models.config import ModelConfig
 from minigpt_assets.models.registry import build_model
+from minigpt_assets.store import OBJECTIVE_METRICS
 from minigpt_assets.training import checkpoint as ckpt
 from minigpt_assets.training.config import OptimConfig, StageConfig
 from minigpt_assets.training.optimizers import OptimizerError, build_optimizer
@@ -29,8 +30,8 @@ from minigpt_assets.training.optimizers import OptimizerError, build_optimizer
 STRATEGIES = ("none", "ddp", "fsdp", "hsdp", "zero2", "zero3")  # zero*: DeepSpeed ZeRO stage 2 or 3
 #: FSDP2 over one mesh dimension (fsdp), or two: replicated across nodes, sharded within a node (hsdp)
 SHARDED = ("fsdp", "hsdp")
-STAGE_METRICS = ("reward_accuracy", "reward_margin", "reward", "kl", "completion_tokens", "clip_fraction", "value_loss",
-                 "entropy")
+#: what an objective's step statistics may add to a metrics row (the held-out `val_` ones come at evaluation steps)
+STAGE_METRICS = tuple(k for k in OBJECTIVE_METRICS if not k.startswith("val_"))
 
 
 class TrainingError(RuntimeError):
