@@ -80,14 +80,16 @@ def test_zero3_checkpoint_resumes_and_its_weights_load_anywhere(tmp_path, single
     np.testing.assert_allclose(first["losses"] + rest["losses"], single["losses"], rtol=2e-4)
 
 
-def test_fsdp_checkpoint_resumes_on_one_process(tmp_path, single):
+@pytest.mark.parametrize("then", ["none", "fsdp"])
+def test_fsdp_checkpoint_resumes_on_one_process_and_on_two(tmp_path, single, then):
+    """An FSDP2 run of 2 ranks stopped at step 4 resumes in one process, or again on 2 ranks, to the same losses."""
     spec = _spec(tmp_path, "mixed", "fsdp", max_steps=4)
     first = _run(spec, nproc=2)
     assert len(first["losses"]) == 4
     data = json.loads(spec.read_text())
-    data.update(strategy="none", max_steps=None)
+    data.update(strategy=then, max_steps=None)
     spec.write_text(json.dumps(data))
-    rest = _run(spec)
+    rest = _run(spec, nproc=1 if then == "none" else 2)
     assert rest["resumed_from"] == 4
     np.testing.assert_allclose(first["losses"] + rest["losses"], single["losses"], rtol=2e-4)
 
