@@ -13,10 +13,16 @@ from minigpt_assets.recipes import Catalog, RecipeError
 from minigpt_assets.tables import format_table
 
 
-BENCHES = ["data", "model", "train", "eval", "backfill", "sweep", "generate", "serve"]
+BENCHES = ["data", "model", "train", "minimind", "eval", "backfill", "sweep", "generate", "serve"]
+#: defaults of the options that mean the same in several benches but default differently
+_DEFAULTS = {"minimind": {"steps": 300, "warmup": 20, "timeout": 1800.0},
+             "*": {"steps": 5, "warmup": 5, "timeout": 7200.0}}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    for k, v in _DEFAULTS.get(args.what, _DEFAULTS["*"]).items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
     if args.what == "data":
         from minigpt_assets.data.bench import run_data_bench
 
@@ -28,6 +34,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from minigpt_assets.sweep_cli import cmd_bench_sweep
 
         return cmd_bench_sweep(args, _settings(args))
+    if args.what == "minimind":
+        return _bench_minimind(args)
     settings = _settings(args)
     cat = Catalog.load_or_raise(settings.recipes, check_files=False)
     models = args.models.split(",") if args.models else None
@@ -162,6 +170,44 @@ def _bench_train(args: argparse.Namespace, cat: Catalog, models: list[str] | Non
     return 0 if rows and all("error" not in r for r in rows) else 1
 
 
+def _bench_minimind(args: argparse.Namespace) -> int:
+    from minigpt_assets.store import ArtifactStore
+    from minigpt_assets.training import bench as T
+    from minigpt_assets.training import bench_minimind as M
+
+    if not args.minimind:
+        return _fail("bench minimind: give --minimind DIR, a checkout of MiniMind (github.com/jingyaogong/minimind, "
+                     "e.g. `git archive c090b69`, its last MiniMind2 revision)")
+    if lack := M.missing(Path(args.minimind)):
+        return _fail(f"bench minimind: --minimind {args.minimind}: {lack}")
+    settings = _settings(args)
+    cat = Catalog.load_or_raise(settings.recipes, check_files=False)
+    name = args.models or "minimind2-small"
+    if name not in cat.models:
+        return _fail(f"bench minimind: --models: {name} is not a model recipe (one recipe: our side's shape)")
+    impls = (args.impls or "ours,ours+fast").split(",")
+    if bad := [i for i in impls if not i.startswith("ours") or i not in T.IMPLS]:
+        return _fail(f"bench minimind: --impls: unknown {', '.join(bad)} (known: "
+                     f"{', '.join(i for i in T.IMPLS if i.startswith('ours'))})")
+    variants = (args.variants or "docs,chunks,docs+compile").split(",")
+    if bad := [v for v in variants if v not in M.VARIANTS]:
+        return _fail(f"bench minimind: --variants: unknown {', '.join(bad)} (known: {', '.join(M.VARIANTS)})")
+    mixture, store = args.mixture or "balanced", ArtifactStore(settings.home)
+    if store.current("mixture", mixture) is None:
+        return _fail(f"bench minimind: --mixture: {mixture} is not materialized "
+                     f"(minigpt materialize --select mixture --partition {mixture})")
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    workers = getattr(args, "workers", None)
+    rows = M.run_minimind_bench(Path(args.minimind), store, mixture, name,
+                                cat.models[name].model_dump(mode="json", exclude={"description"}), device,
+                                args.batch or 32, args.seq or 512, args.steps, args.warmup, impls, variants,
+                                8 if workers is None else workers, args.timeout,
+                                Path(args.json) if args.json else None)
+    return 0 if rows and all("error" not in r for r in rows) else 1
+
+
 def _bench_backfill(args: argparse.Namespace) -> int:
     settings = _settings(args)
     try:
@@ -237,12 +283,15 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     s.add_argument("--engine", default="local", help="data: comma-separated engines to time side by side "
                                                      "(local, ray), each on --workers cores")
     s.add_argument("--models", help="model, eval: comma-separated model recipes (default: small ones on CPU); "
-                                    "train: built-in shapes (d768-l12, d1024-l24, llama-1b-untied, tiny) or recipes")
+                                    "train: built-in shapes (d768-l12, d1024-l24, llama-1b-untied, tiny) or recipes; "
+                                    "minimind: our side's model recipe (default minimind2-small)")
     s.add_argument("--impls", help="model: comma-separated of hf,ours,ours+docmask,ours+ckpt; eval: ours,lm-eval; "
-                                   "train: of hf,hf+compile,ours,ours+fast,ours+fast+docs")
+                                   "train: of hf,hf+compile,ours,ours+fast,ours+fast+docs; "
+                                   "minimind: our side's (default ours,ours+fast)")
     s.add_argument("--precision", choices=["default", "fp8"], default="default",
                    help="train: fp8 runs the ours+fast variants with float8 linear layers (torchao)")
-    s.add_argument("--warmup", type=int, default=5, help="train: untimed steps first (compilation happens there)")
+    s.add_argument("--warmup", type=int, help="train (default 5), minimind (default 20): untimed steps first "
+                                              "(compilation happens there)")
     s.add_argument("--to-loss", type=float, help="train: wall time of each variant to this validation loss "
                                                  "(with --mixture; --steps is then the most steps)")
     s.add_argument("--stage-options", help="train: JSON of stage fields for our variants, e.g. "
@@ -252,20 +301,28 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     s.add_argument("--strategies", help="train --nproc: comma-separated of fsdp,ddp,hsdp,zero2,zero3 (default fsdp,ddp)")
     s.add_argument("--eval-every", type=int, default=25, help="train --to-loss: steps between validation losses")
     s.add_argument("--mixture", help="train: real tokens from this materialized mixture (its seq_len) instead of "
-                                     "random ones; the losses then compare what each variant learns")
-    s.add_argument("--device", help="model, eval: cpu or cuda (default: cuda when available)")
+                                     "random ones; the losses then compare what each variant learns; minimind: "
+                                     "the documents of both sides (default balanced)")
+    s.add_argument("--device", help="model, eval, minimind: cpu or cuda (default: cuda when available)")
     s.add_argument("--dtype", help="model, eval: float32 or bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
-    s.add_argument("--batch", type=int, help="model: sequences per step; eval: requests per forward pass")
+    s.add_argument("--batch", type=int, help="model: sequences per step; eval: requests per forward pass; "
+                                             "minimind: rows per step of both sides (default 32)")
     s.add_argument("--examples", type=int, default=200, help="eval: examples per task")
     s.add_argument("--tasks", help="eval: comma-separated of hellaswag,arc_easy,mmlu,lambada_openai")
     s.add_argument("--fewshot", type=int, default=0, help="eval: few-shot examples per prompt")
-    s.add_argument("--seq", type=int, help="model: tokens per sequence")
-    s.add_argument("--steps", type=int, default=5, help="model, train: timed steps")
+    s.add_argument("--seq", type=int, help="model: tokens per sequence; minimind: both sides' (default 512)")
+    s.add_argument("--steps", type=int, help="model, train: timed steps (default 5); minimind: default 300")
     s.add_argument("--compile", action="store_true", help="model: torch.compile every variant")
-    s.add_argument("--json", help="model, train, eval: also write the rows to this JSON file; data: rows and per-core rates (for minigpt plan data)")
+    s.add_argument("--json", help="model, train, eval, minimind: also write the rows to this JSON file; data: rows "
+                                  "and per-core rates (for minigpt plan data)")
     s.add_argument("--port", type=int, default=3310, help="backfill: port of the dagster dev it starts")
     s.add_argument("--idle", type=float, default=120, help="backfill: seconds the daemon runs on after the backfill")
-    s.add_argument("--timeout", type=float, default=7200, help="backfill: seconds to wait for the backfill")
+    s.add_argument("--timeout", type=float, help="backfill: seconds to wait for the backfill (default 7200); "
+                   "minimind: seconds for all runs together, each run cut at what is left (default 1800)")
+    s.add_argument("--minimind", metavar="DIR", help="minimind: a checkout of MiniMind (trainer/train_pretrain.py, "
+                                                     "model/, dataset/), run unmodified")
+    s.add_argument("--variants", help="minimind: its runs, comma-separated of docs,chunks,docs+compile,"
+                                      "chunks+compile (default docs,chunks,docs+compile)")
     s.add_argument("--edit-mixture", help="backfill: then change this mixture's seed and list what the daemon re-runs")
     s.add_argument("--batches", help="generate: comma-separated batch sizes (default 1,8)")
     s.add_argument("--prompt-len", type=int, default=32, help="generate: prompt tokens")
