@@ -108,35 +108,47 @@ def _stage_asset(name: str, slot: int, pdef: dg.MultiPartitionsDefinition, deps:
         # the weights are the data version: a re-run that reproduces them leaves everything below fresh
         return dg.MaterializeResult(data_version=dg.DataVersion(weights[:16]), metadata=md)
 
-    @dg.asset_check(asset=_asset, name="loss_decreased", blocking=True,
-                    description="the final training loss is below the first one and no step was skipped (blocks "
-                                "what is below); grpo and ppo: whether the held-out reward fell is a warning, since "
-                                "a control run or a failed method is still worth evaluating")
-    def loss_decreased(context: dg.AssetCheckExecutionContext, project: ProjectResource) -> dg.AssetCheckResult:
+    def summary(context: dg.AssetCheckExecutionContext, project: ProjectResource) -> dict:
         import json
 
         from minigpt_assets.training.pipeline import stage_partition
 
         experiment, mixture = split_training_key(context.partition_key)
         art = project.store().require(name, stage_partition(experiment, mixture))
-        return training_check(json.loads((art.path / "training.json").read_text()))
+        return json.loads((art.path / "training.json").read_text())
 
-    return [_asset, loss_decreased]
+    @dg.asset_check(asset=_asset, name="loss_decreased", blocking=True,
+                    description="no step was skipped and the final training loss is below the first one (grpo and "
+                                "ppo: no skipped step; their loss is not a quantity that should fall); a failure "
+                                "blocks what is below")
+    def loss_decreased(context: dg.AssetCheckExecutionContext, project: ProjectResource) -> dg.AssetCheckResult:
+        return training_check(summary(context, project))
+
+    @dg.asset_check(asset=_asset, name="held_out_reward", blocking=False,
+                    description="grpo and ppo: the held-out greedy reward did not fall over the stage (a warning: a "
+                                "control run or a method that failed is still worth evaluating); passes for others")
+    def held_out_reward(context: dg.AssetCheckExecutionContext, project: ProjectResource) -> dg.AssetCheckResult:
+        return reward_check(summary(context, project))
+
+    return [_asset, loss_decreased, held_out_reward]
 
 
 def training_check(s: dict) -> dg.AssetCheckResult:
-    """`loss_decreased` on a stage's training.json summary. A skipped step or a loss that did not fall is an
-    error (it blocks the assets below); grpo and ppo log a held-out reward instead, and its fall is a warning."""
-    if s.get("final_val_reward") is not None:  # grpo, ppo: their loss is not a quantity that should fall
-        ok = s["final_val_reward"] >= s["first_val_reward"]
-        keys = ("first_val_reward", "final_val_reward", "bad_steps")
-    else:
-        ok = s["final_loss"] is not None and s["final_loss"] < s["first_loss"]
-        keys = ("first_loss", "final_loss", "bad_steps")
-    warn_only = s.get("final_val_reward") is not None and s["bad_steps"] == 0
-    return dg.AssetCheckResult(passed=bool(ok and s["bad_steps"] == 0),
-                               severity=dg.AssetCheckSeverity.WARN if warn_only else dg.AssetCheckSeverity.ERROR,
-                               metadata={k: s[k] for k in keys if s.get(k) is not None})
+    """`loss_decreased` on a stage's training.json summary: a skipped step, or a supervised loss that did not
+    fall, is an error that blocks the assets below (in a run and in the automation alike)."""
+    policy = s.get("final_val_reward") is not None  # grpo, ppo: held_out_reward watches them instead
+    ok = s["bad_steps"] == 0 and (policy or (s["final_loss"] is not None and s["final_loss"] < s["first_loss"]))
+    keys = ("bad_steps",) if policy else ("first_loss", "final_loss", "bad_steps")
+    return dg.AssetCheckResult(passed=bool(ok), metadata={k: s[k] for k in keys if s.get(k) is not None})
+
+
+def reward_check(s: dict) -> dg.AssetCheckResult:
+    """`held_out_reward`: a warning when a policy stage's held-out reward fell; blocks nothing."""
+    if s.get("final_val_reward") is None:
+        return dg.AssetCheckResult(passed=True, metadata={"applies": "grpo and ppo stages only"})
+    return dg.AssetCheckResult(passed=bool(s["final_val_reward"] >= s["first_val_reward"]),
+                               severity=dg.AssetCheckSeverity.WARN,
+                               metadata={k: s[k] for k in ("first_val_reward", "final_val_reward")})
 
 
 def _reward_mapping(cat: Catalog, aligned: dg.MultiPartitionsDefinition,

@@ -240,16 +240,18 @@ class Engine:
         if tok in self.eos_ids and not p.ignore_eos:
             return self._finish(req, "stop")
         req.ids.append(tok)
+        old = len(req.text)
         text = self._settle(req)
-        cut = min((i for i in (text.find(s) for s in p.stop if s) if i >= 0), default=-1)
+        # only the new text, and a stop string's length before it, can hold a stop string not seen before
+        cut = min((i for i in (text.find(s, max(0, old - len(s) + 1)) for s in p.stop if s) if i >= 0), default=-1)
         if cut >= 0:
             return self._finish(req, "stop", text[:cut])
         if len(req.ids) >= p.max_tokens or len(req.prompt_ids) + len(req.ids) >= self.context:
-            return self._finish(req, "length", text)
+            return self._finish(req, "length")
         final = len(text)
         for s in p.stop:  # hold back what may be the start of a stop string
             for k in range(min(len(s) - 1, final), 0, -1):
-                if text[:final].endswith(s[:k]):
+                if text.endswith(s[:k], 0, final):
                     final -= k
                     break
         if final > req.sent:

@@ -342,7 +342,9 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
                                mixture=str(mixture[1]) if mixture else None, to_loss=to_loss, eval_every=eval_every,
                                extra=extra or {}, nproc=n, strategy=strategy)
                 ident = {"model": name, "impl": impl, "gpus": n, "strategy": strategy}
-                rows.append(spawn("minigpt_assets.training.bench", asdict(job), ident, nproc=n))
+                # ranks that wait on each other in a collective must not hang the bench: an hour each at most
+                rows.append(spawn("minigpt_assets.training.bench", asdict(job), ident, nproc=n,
+                                  timeout=3600 if n > 1 else None))
                 r = rows[-1]
                 done = ("error" if "error" in r else f"{r['tokens_per_s']:,.0f} tok/s" + ("/GPU" if n > 1 else "")
                         if "tokens_per_s" in r

@@ -259,6 +259,19 @@ def test_bench_train_nproc_runs_each_strategy_as_ranks_under_torchrun(capsys):
     assert "tokens/s/GPU" in capsys.readouterr().out
 
 
+def test_a_rank_that_fails_ends_the_torchrun_job_with_its_error():
+    """Under torchrun a failing rank reports its error and exits 1, so torchrun stops rank 0 instead of leaving
+    it waiting in a collective; the bench row carries the failing rank's error."""
+    import time
+
+    from minigpt_assets.isolated import spawn
+
+    t0 = time.perf_counter()
+    row = spawn("minigpt_assets_tests.training.failing_rank", {}, {"job": "failing"}, timeout=300, nproc=2)
+    assert row == {"job": "failing", "error": "RuntimeError: rank 1 cannot start"}
+    assert time.perf_counter() - t0 < 120
+
+
 def test_adamw8bit_keeps_quantized_states_and_learns(tmp_path):
     """torchao's AdamW8bit: the moments of the large matrices are 8-bit, and the model still learns to count."""
     pytest.importorskip("torchao", reason="torchao is not installed (pip install -e '.[dev]')")
