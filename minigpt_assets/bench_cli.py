@@ -166,7 +166,7 @@ def _bench_train(args: argparse.Namespace, cat: Catalog, models: list[str] | Non
         return _fail(f"bench train: --stage-options: {where}")
     rows = T.run_train_bench(models, recipes, args.device, args.steps, args.warmup, args.batch, args.seq, impls,
                              args.precision, Path(args.json) if args.json else None, mixture, args.to_loss,
-                             args.eval_every, extra, args.nproc, strategies)
+                             args.eval_every, extra, args.nproc, strategies, args.profile)
     return 0 if rows and all("error" not in r for r in rows) else 1
 
 
@@ -298,6 +298,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                            "'{\"activation_checkpointing\": true, \"optim\": {\"name\": \"adamw8bit\"}}'")
     s.add_argument("--nproc", type=int, default=1, help="train: also run our variants as N ranks under torchrun on "
                    "this machine (tokens/s per GPU next to one process)")
+    s.add_argument("--profile", type=int, default=0, help="train: after the timed steps, run this many under "
+                   "torch.profiler and print the operators with the most (GPU) self time")
     s.add_argument("--strategies", help="train --nproc: comma-separated of fsdp,ddp,hsdp,zero2,zero3 (default fsdp,ddp)")
     s.add_argument("--eval-every", type=int, default=25, help="train --to-loss: steps between validation losses")
     s.add_argument("--mixture", help="train: real tokens from this materialized mixture (its seq_len) instead of "

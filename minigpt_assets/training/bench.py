@@ -74,6 +74,7 @@ class TrainJob:
     eval_batches: int = 8
     seed: int = 0
     extra: dict = field(default_factory=dict)
+    profile: int = 0  # steps after the timed ones to run under torch.profiler (the top operators by self time)
     nproc: int = 1  # ranks under torchrun (`batch` is per rank)
     strategy: str = "none"  # how those ranks split the model: ddp | fsdp | hsdp | zero2 | zero3
 
@@ -107,7 +108,7 @@ def _stage(job: TrainJob):
 
     fast = job.impl.startswith("ours+fast")
     return StageConfig.model_validate({
-        "kind": "pretrain", "batch_size": job.batch * job.nproc, "max_steps": job.warmup + job.steps,
+        "kind": "pretrain", "batch_size": job.batch * job.nproc, "max_steps": job.warmup + job.steps + job.profile,
         "compile": fast and job.device.startswith("cuda"), "fused_loss": fast, "document_masking": job.impl.endswith("+docs"),
         "precision": "fp8" if job.impl.endswith("+fp8") else job.precision if fast else "default", "log_every": job.warmup + job.steps,
         "checkpoint_every": 10**9, "eval_batches": job.eval_batches,
@@ -153,14 +154,14 @@ def _run_job(job: TrainJob, cfg, rank: int, world: int) -> dict:
 
         data = open_mixture(Path(job.mixture), "train")
         if data.window - 1 != job.seq:  # the same real tokens, cut into windows of --seq
-            need = (job.warmup + job.steps + 2) * batch_all * (job.seq + 1)
+            need = (job.warmup + job.steps + job.profile + 2) * batch_all * (job.seq + 1)
             stream, i = [], 0
             while sum(map(len, stream)) < need and i < len(data):
                 stream.append(data.window_tokens(i)[0])
                 i += 1
             data = ArrayTokens(np.concatenate(stream)[:need], job.seq, cfg.eos_token_id or 0)
     else:
-        n_tokens = (job.warmup + job.steps + 2) * batch_all * (job.seq + 1)
+        n_tokens = (job.warmup + job.steps + job.profile + 2) * batch_all * (job.seq + 1)
         data = ArrayTokens(token_stream(cfg.vocab_size, n_tokens, job.doc_len, cfg.eos_token_id or 0, job.seed),
                            job.seq, cfg.eos_token_id or 0)
     if gpu:
@@ -199,6 +200,7 @@ def _run_job(job: TrainJob, cfg, rank: int, world: int) -> dict:
             losses.append(step(batch)["loss"])
         _sync(gpu)
         elapsed = time.perf_counter() - t_start
+        top = _profile(job.profile, step, batches, gpu) if job.profile else None
         batches.close()
     losses = [float(x) for x in losses]
     tps = job.steps * job.batch * job.seq / elapsed  # per rank (each rank trains `job.batch` rows a step)
@@ -211,7 +213,25 @@ def _run_job(job: TrainJob, cfg, rank: int, world: int) -> dict:
             "tokens_per_s": tps, "mfu": mfu, "peak_mem_GB": (torch.cuda.max_memory_allocated(dev) / 2**30) if gpu
             else None, "data_wait": float(np.sum(waits)) / elapsed, "first_loss": losses[0], "last_loss": losses[-1],
             "tail_loss": float(np.mean(losses[-10:])),
-            "device": name, "gpus": world, "strategy": job.strategy}
+            "device": name, "gpus": world, "strategy": job.strategy, **({"profile": top} if top else {})}
+
+
+def _profile(steps: int, step, batches, gpu: bool, top: int = 15) -> list[dict]:
+    """`steps` more steps under torch.profiler: the operators with the most self time (on the GPU: device time),
+    per step, with their share of the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step(next(batches))
+        _sync(gpu)
+    key = "self_device_time_total" if gpu else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key) > 0]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    return [{"op": e.key, "ms_per_step": getattr(e, key) / 1e3 / steps, "calls_per_step": e.count / steps,
+             "share": getattr(e, key) / total} for e in events[:top]]
 
 
 def _sync(gpu: bool) -> None:
@@ -306,7 +326,7 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
                     batch: int | None, seq: int | None, impls: list[str] | None, precision: str = "default",
                     out: Path | None = None, mixture: tuple[str, Path, int] | None = None,
                     to_loss: float | None = None, eval_every: int = 25, extra: dict | None = None,
-                    nproc: int = 1, strategies: list[str] | None = None) -> list[dict]:
+                    nproc: int = 1, strategies: list[str] | None = None, profile: int = 0) -> list[dict]:
     """Run every (shape, variant) and print the table. `recipes`: model recipe name -> config dict, for names
     that are not built-in shapes; `mixture`: (name, folder, seq_len) of real tokens to train on; `to_loss`:
     time each variant to this validation loss instead (at most `steps` steps); `nproc` > 1: each variant also
@@ -340,7 +360,7 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
             for n, strategy in runs:
                 job = TrainJob(name, model, impl, device, batch or default_batch, s, steps, warmup, precision,
                                mixture=str(mixture[1]) if mixture else None, to_loss=to_loss, eval_every=eval_every,
-                               extra=extra or {}, nproc=n, strategy=strategy)
+                               extra=extra or {}, nproc=n, strategy=strategy, profile=profile)
                 ident = {"model": name, "impl": impl, "gpus": n, "strategy": strategy}
                 # ranks that wait on each other in a collective must not hang the bench: an hour each at most
                 rows.append(spawn("minigpt_assets.training.bench", asdict(job), ident, nproc=n,
@@ -354,6 +374,13 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
     print()
     print(format_table(*(to_loss_table(rows) if to_loss is not None else scaling_table(rows) if nproc > 1
                          else table(rows))))
+    for r in rows:
+        if r.get("profile"):
+            print(f"\nprofile: {r['model']} {r['impl']}" + (f" x{r['gpus']} {r['strategy']}" if r["gpus"] > 1 else "")
+                  + (" (GPU self time)" if gpu else " (CPU self time)"))
+            print(format_table(["operator", "ms/step", "calls/step", "share"],
+                               [(p["op"][:70], f"{p['ms_per_step']:.2f}", f"{p['calls_per_step']:.0f}",
+                                 f"{p['share']:.1%}") for p in r["profile"]]))
     if out:
         out.write_text(json.dumps(rows, indent=2) + "\n")
     return rows

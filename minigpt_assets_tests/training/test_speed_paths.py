@@ -259,6 +259,17 @@ def test_bench_train_nproc_runs_each_strategy_as_ranks_under_torchrun(capsys):
     assert "tokens/s/GPU" in capsys.readouterr().out
 
 
+def test_bench_train_profile_lists_the_operators_with_the_most_self_time(capsys):
+    from minigpt_assets.training.bench import run_train_bench
+
+    rows = run_train_bench(["tiny"], {}, "cpu", 2, 1, None, None, ["ours+fast"], profile=2)
+    prof = rows[0]["profile"]
+    assert 0 < len(prof) <= 15 and any(p["op"] == "aten::mm" for p in prof)
+    shares = [p["share"] for p in prof]
+    assert shares == sorted(shares, reverse=True) and sum(shares) <= 1 + 1e-9
+    assert "profile: tiny ours+fast (CPU self time)" in capsys.readouterr().out
+
+
 def test_a_rank_that_fails_ends_the_torchrun_job_with_its_error():
     """Under torchrun a failing rank reports its error and exits 1, so torchrun stops rank 0 instead of leaving
     it waiting in a collective; the bench row carries the failing rank's error."""
