@@ -111,6 +111,11 @@ def _bench_serve(args: argparse.Namespace, settings) -> int:
     return 0 if all(r["completed"] == r["requests"] for r in rows) else 1
 
 
+def _unmaterialized(bench: str, mixture: str) -> str:
+    return (f"bench {bench}: --mixture: {mixture} is not materialized "
+            f"(minigpt materialize --select mixture --partition {mixture})")
+
+
 def _bench_train(args: argparse.Namespace, cat: Catalog, models: list[str] | None) -> int:
     from minigpt_assets.training import bench as T
 
@@ -130,8 +135,7 @@ def _bench_train(args: argparse.Namespace, cat: Catalog, models: list[str] | Non
 
         art = ArtifactStore(_settings(args).home).current("mixture", args.mixture)
         if art is None:
-            return _fail(f"bench train: --mixture: {args.mixture} is not materialized "
-                         f"(minigpt materialize --select mixture --partition {args.mixture})")
+            return _fail(_unmaterialized("train", args.mixture))
         mixture = (args.mixture, art.path, cat.mixtures[args.mixture].seq_len)
     if args.to_loss is not None and mixture is None:
         return _fail("bench train: --to-loss needs --mixture (its val split is what the loss is measured on)")
@@ -194,8 +198,7 @@ def _bench_minimind(args: argparse.Namespace) -> int:
         return _fail(f"bench minimind: --variants: unknown {', '.join(bad)} (known: {', '.join(M.VARIANTS)})")
     mixture, store = args.mixture or "balanced", ArtifactStore(settings.home)
     if store.current("mixture", mixture) is None:
-        return _fail(f"bench minimind: --mixture: {mixture} is not materialized "
-                     f"(minigpt materialize --select mixture --partition {mixture})")
+        return _fail(_unmaterialized("minimind", mixture))
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

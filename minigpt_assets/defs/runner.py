@@ -154,9 +154,8 @@ def _outcome(name: str, pk: str | None, res: dg.ExecuteInProcessResult, seconds:
     failed = [e.asset_check_evaluation_data for e in res.all_events
               if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.asset_check_evaluation_data.passed]
     checks_failed = [c.check_name for c in failed if c.severity == dg.AssetCheckSeverity.ERROR]
-    md["warnings"] = [c.check_name + " failed (" + ", ".join(f"{k} {getattr(v, 'value', v):.4g}" if isinstance(
-        getattr(v, "value", v), float) else f"{k} {getattr(v, 'value', v)}" for k, v in c.metadata.items()) + ")"
-        for c in failed if c.severity != dg.AssetCheckSeverity.ERROR]
+    md["warnings"] = [f"{c.check_name} failed ({', '.join(f'{k} {_shown(v)}' for k, v in c.metadata.items())})"
+                      for c in failed if c.severity != dg.AssetCheckSeverity.ERROR]
     error = ""
     if not res.success:
         for ev in res.all_events:
@@ -168,6 +167,12 @@ def _outcome(name: str, pk: str | None, res: dg.ExecuteInProcessResult, seconds:
                 break
         error = error or "run failed"
     return StepOutcome(name, pk, res.success and not checks_failed, seconds, md, error, checks_failed)
+
+
+def _shown(v) -> str:
+    """A metadata value in a log line: floats to 4 significant digits."""
+    v = getattr(v, "value", v)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _describe(o: StepOutcome) -> str:

@@ -400,11 +400,16 @@ def table(rows: list[dict]) -> tuple[list[str], list[tuple]]:
             out.append((r["model"], r["impl"], "", "", "", "", "", "", "", "", r["error"][:90]))
             continue
         ref = best.get(r["model"])
-        out.append((r["model"], r["impl"], f"{r['params_M']:.1f}M", f"{r['batch']}x{r['seq']}", f"{r['step_ms']:.1f}",
-                    f"{r['tokens_per_s']:,.0f}", f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a",
-                    f"{r['peak_mem_GB']:.1f}" if r["peak_mem_GB"] is not None else "n/a", f"{r['data_wait']:.2%}",
-                    f"{r['tokens_per_s'] / ref:.2f}x" if ref else "", f"{r['first_loss']:.3f}/{r['last_loss']:.3f}/{r['tail_loss']:.3f}"))
+        out.append((r["model"], r["impl"], f"{r['params_M']:.1f}M", f"{r['batch']}x{r['seq']}", *_speed(r),
+                    f"{r['data_wait']:.2%}", f"{r['tokens_per_s'] / ref:.2f}x" if ref else "",
+                    f"{r['first_loss']:.3f}/{r['last_loss']:.3f}/{r['tail_loss']:.3f}"))
     return cols, out
+
+
+def _speed(r: dict) -> tuple[str, str, str, str]:
+    """A row's step ms, tokens/s, MFU and peak memory, as both tables show them."""
+    return (f"{r['step_ms']:.1f}", f"{r['tokens_per_s']:,.0f}", f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a",
+            f"{r['peak_mem_GB']:.1f}" if r["peak_mem_GB"] is not None else "n/a")
 
 
 def scaling_table(rows: list[dict]) -> tuple[list[str], list[tuple]]:
@@ -419,9 +424,7 @@ def scaling_table(rows: list[dict]) -> tuple[list[str], list[tuple]]:
                         r["error"][:90]))
             continue
         ref = one.get((r["model"], r["impl"]))
-        out.append((r["model"], r["impl"], r["gpus"], r["strategy"], f"{r['batch']}x{r['seq']}", f"{r['step_ms']:.1f}",
-                    f"{r['tokens_per_s']:,.0f}", f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a",
-                    f"{r['peak_mem_GB']:.1f}" if r["peak_mem_GB"] is not None else "n/a",
+        out.append((r["model"], r["impl"], r["gpus"], r["strategy"], f"{r['batch']}x{r['seq']}", *_speed(r),
                     f"{r['tokens_per_s'] / ref:.2f}x" if ref else "", f"{r['first_loss']:.3f}/{r['last_loss']:.3f}"))
     return cols, out
 

@@ -60,37 +60,38 @@ def plan_texts(store, mixture: str) -> tuple[list[str], dict]:
     decoded), and our stream's size: tokens (each document's eos included) and text bytes."""
     import pyarrow.parquet as pq
 
+    from minigpt_assets.data.loader import open_mixture
     from minigpt_assets.data.tokenizer import eos_id, load_tokenizer
-    from minigpt_assets.data.tokens import open_tokens
 
     mix = store.require("mixture", mixture)
     meta = json.loads((mix.path / "mixture.json").read_text())
     tok_name = mix.manifest["meta"]["tokenizer"]
     tok_dir = store.require("tokenizer", tok_name).path
     ours, eos = load_tokenizer(tok_dir), eos_id(tok_dir)
-    plan = pq.read_table(mix.path / "plan_train.parquet").to_pylist()
-    index, arrays, by_id = {}, {}, {}
+    stream = open_mixture(mix.path, "train")  # the plan and the token arrays, as training reads them
+    plan, arrays = stream.plan, stream.arrays
+    index, by_id = {}, {}
     for src, s in meta["sources"].items():
         rows = pq.read_table(Path(s["path"]) / "index.parquet", filters=[("split", "=", "train")]).to_pylist()
         index[src] = {r["id"]: r for r in rows}
-        arrays[src] = open_tokens(Path(s["path"]), "train", s["dtype"])
-        want = sorted({r["id"] for r in plan if r["source"] == src})
+        want = sorted({i for i, p in zip(plan.ids, plan.sources) if p == src})
         for f in sorted(store.require("deduplicated_documents", src).path.glob("*.parquet")):
             for r in pq.read_table(f, columns=["id", "text"], filters=[("id", "in", want)]).to_pylist():
                 by_id[r["id"]] = r["text"]
     texts, tokens, nbytes, cut = [], 0, 0.0, 0
-    for r in plan:
-        ix = index[r["source"]][r["id"]]
-        whole = r["length"] == ix["length"] and r["doc_offset"] == 0
-        text = by_id.get(r["id"]) if whole else None
+    for src, doc, start, length, offset in zip(plan.sources, plan.ids, plan.start.tolist(), plan.length.tolist(),
+                                               plan.doc_offset.tolist()):
+        ix = index[src][doc]
+        whole = length == ix["length"] and offset == 0
+        text = by_id.get(doc) if whole else None
         if text is None:  # byte-level BPE: decoding our tokens gives the text back
-            lo = r["start"] + r["doc_offset"]
-            text = ours.decode([int(t) for t in arrays[r["source"]][lo: lo + r["length"]] if t != eos])
+            lo = start + offset
+            text = ours.decode([int(t) for t in arrays[src][lo: lo + length] if t != eos])
             cut += not whole
         texts.append(text)
-        tokens += r["length"]
-        nbytes += ix["bytes"] * r["length"] / ix["length"]
-    return texts, {"mixture": mixture, "our_tokenizer": tok_name, "plan_segments": len(plan), "cut_segments": cut,
+        tokens += length
+        nbytes += ix["bytes"] * length / ix["length"]
+    return texts, {"mixture": mixture, "our_tokenizer": tok_name, "plan_segments": len(plan.ids), "cut_segments": cut,
                    "ours_stream_tokens": int(tokens), "ours_bytes_per_token": nbytes / max(1, tokens)}
 
 
@@ -301,13 +302,14 @@ def run_minimind_bench(checkout: Path, store, mixture: str, model_name: str, mod
             done = r["error"][:120] if "error" in r else f"{r['step_ms']:.1f} ms/step, {r['tokens_per_s']:,.0f} tokens/s"
             print(f"  {r['side']:<22} {done}", flush=True)
     rows = summarize(raw, ex)
-    ref = next((r["side"] for r in rows if r["side"].startswith("minimind") and "error" not in r), None)
+    ref = _reference(rows)
     print()
     print(format_table(*table(rows)))
     print(f"\nMiniMind's tokenizer: median {ex['minimind_tokens_per_doc_median']:.0f} tokens a document, "
           f"{ex['minimind_docs_over_seq']:.0%} longer than {seq} (truncated); 'docs': one document a line, truncated "
           f"and padded by its dataset; 'chunks': cut into pieces of <= {seq} of its tokens first. A MiniMind step is "
-          f"one micro-batch (its optimizer steps every 8). Ratios are to {repr(ref) if ref else 'none (none ran)'}.")
+          f"one micro-batch (its optimizer steps every 8). Ratios are to "
+          f"{repr(ref['side']) if ref else 'none (none ran)'}.")
     if out:
         out.write_text(json.dumps({"rows": rows, "export": ex}, indent=2) + "\n")
     return rows
@@ -329,12 +331,17 @@ def summarize(raw: list[dict], ex: dict) -> list[dict]:
                          "tokens_per_s": r["tokens_per_s"], "pad_share": 0.0, "bytes_per_token": bpt,
                          "bytes_per_s": r["tokens_per_s"] * bpt, "data_wait": r["data_wait"],
                          "params_M": r["params_M"], "device": r["device"], "last_loss": r["last_loss"]})
-    ref = next((r for r in rows if r["side"].startswith("minimind") and "error" not in r), None)
+    ref = _reference(rows)
     for r in rows:
         if ref and "error" not in r:
             r["x_minimind_bytes"] = r["bytes_per_s"] / ref["bytes_per_s"]
             r["x_minimind_tokens"] = r["tokens_per_s"] / ref["tokens_per_s"]
     return rows
+
+
+def _reference(rows: list[dict]) -> dict | None:
+    """The row the ratios are to: the first MiniMind run that did not fail."""
+    return next((r for r in rows if r["side"].startswith("minimind") and "error" not in r), None)
 
 
 def table(rows: list[dict]) -> tuple[list[str], list[tuple]]:

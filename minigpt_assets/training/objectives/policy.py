@@ -17,7 +17,7 @@ class GRPO(Objective):
     def __init__(self, trainer):
         from minigpt_assets.training.trainer import TrainingError
 
-        if trainer.strategy in ("fsdp", "hsdp", "zero2", "zero3"):
+        if trainer.strategy not in ("none", "ddp"):  # the strategies that shard parameters
             raise TrainingError("grpo samples a different number of tokens on each rank; use strategy none or ddp")
         super().__init__(trainer)
         self.reference = self.frozen_copy()

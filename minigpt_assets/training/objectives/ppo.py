@@ -36,7 +36,7 @@ class PPO(Objective):
     def __init__(self, trainer, reward_model: Path | None = None):
         from minigpt_assets.training.trainer import TrainingError
 
-        if trainer.strategy in ("fsdp", "hsdp", "zero2", "zero3"):
+        if trainer.strategy not in ("none", "ddp"):  # the strategies that shard parameters
             raise TrainingError("ppo samples a different number of tokens on each rank; use strategy none or ddp")
         super().__init__(trainer)
         self.cfg = trainer.stage.ppo
