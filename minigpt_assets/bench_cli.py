@@ -174,6 +174,15 @@ def _bench_train(args: argparse.Namespace, cat: Catalog, models: list[str] | Non
     return 0 if rows and all("error" not in r for r in rows) else 1
 
 
+def _loss_target(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
 def _bench_minimind(args: argparse.Namespace) -> int:
     from minigpt_assets.store import ArtifactStore
     from minigpt_assets.training import bench as T
@@ -295,8 +304,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                    help="train: fp8 runs the ours+fast variants with float8 linear layers (torchao)")
     s.add_argument("--warmup", type=int, help="train (default 5), minimind (default 20): untimed steps first "
                                               "(compilation happens there)")
-    s.add_argument("--to-loss", type=float, help="train: wall time of each variant to this validation loss "
-                                                 "(with --mixture; --steps is then the most steps)")
+    s.add_argument("--to-loss", type=_loss_target, help="train: wall time of each variant to this validation loss "
+                   "(with --mixture; --steps is then the most steps), or auto: to the loss the first variant ends at")
     s.add_argument("--stage-options", help="train: JSON of stage fields for our variants, e.g. "
                                            "'{\"activation_checkpointing\": true, \"optim\": {\"name\": \"adamw8bit\"}}'")
     s.add_argument("--nproc", type=int, default=1, help="train: also run our variants as N ranks under torchrun on "

@@ -20,7 +20,8 @@ scaling: N times the global batch). The table gives tokens/s per GPU and its rat
 
 With `--to-loss X` (on a `--mixture`), each variant trains from step 0 until its validation loss (the mixture's
 val split, every `eval_every` steps) reaches X, and the table gives the wall time to get there, compilation
-included and evaluation excluded.
+included and evaluation excluded. `--to-loss auto` lets the first variant (the baseline) train every step and takes
+its best validation loss as the target: the others are timed to the loss the baseline ends at, as a speedrun is.
 
 MFU = (6 N + 12 L d T) x tokens/s / peak. N counts every parameter except the input embedding (the output head
 counts, tied or not); L, d and T are layers, width and sequence length. The peak is dense bf16 989 TFLOP/s on an
@@ -265,6 +266,15 @@ def _time_to_loss(job: TrainJob, step, batches, evaluate, gpu: bool) -> dict:
             "val_loss": val, "curve": curve}
 
 
+def _baseline_target(r: dict) -> float:
+    """`--to-loss auto`: the baseline's row becomes the time to its own best validation loss (its first
+    evaluation at that loss), and that loss is the target of the variants after it."""
+    step, seconds, best = min(r["curve"], key=lambda c: (c[2], c[0]))
+    r.update(to_loss=best, reached=True, seconds=seconds, steps=step, tokens=step * r["batch"] * r["seq"],
+             val_loss=best)
+    return best
+
+
 def _hf_loop(trainer, job: TrainJob):
     """transformers' model with our model's initial weights, and a plain training step for it."""
     import torch
@@ -325,12 +335,12 @@ def _hf_loop(trainer, job: TrainJob):
 def run_train_bench(models: list[str] | None, recipes: dict, device: str | None, steps: int, warmup: int,
                     batch: int | None, seq: int | None, impls: list[str] | None, precision: str = "default",
                     out: Path | None = None, mixture: tuple[str, Path, int] | None = None,
-                    to_loss: float | None = None, eval_every: int = 25, extra: dict | None = None,
+                    to_loss: float | str | None = None, eval_every: int = 25, extra: dict | None = None,
                     nproc: int = 1, strategies: list[str] | None = None, profile: int = 0) -> list[dict]:
     """Run every (shape, variant) and print the table. `recipes`: model recipe name -> config dict, for names
     that are not built-in shapes; `mixture`: (name, folder, seq_len) of real tokens to train on; `to_loss`:
-    time each variant to this validation loss instead (at most `steps` steps); `nproc` > 1: each variant also
-    as `nproc` ranks under each of `strategies`."""
+    time each variant to this validation loss instead (at most `steps` steps; "auto": to the first variant's best
+    after all `steps`); `nproc` > 1: each variant also as `nproc` ranks under each of `strategies`."""
     import json
     import platform
 
@@ -356,16 +366,19 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
     for name in names:
         model, default_batch = SHAPES[name] if name in SHAPES else (recipes[name], 4)
         s = seq or (mixture[2] if mixture else 2048 if gpu else 64)
+        target = float("-inf") if to_loss == "auto" else to_loss  # auto: the first variant runs every step
         for impl in impls:
             for n, strategy in runs:
                 job = TrainJob(name, model, impl, device, batch or default_batch, s, steps, warmup, precision,
-                               mixture=str(mixture[1]) if mixture else None, to_loss=to_loss, eval_every=eval_every,
+                               mixture=str(mixture[1]) if mixture else None, to_loss=target, eval_every=eval_every,
                                extra=extra or {}, nproc=n, strategy=strategy, profile=profile)
                 ident = {"model": name, "impl": impl, "gpus": n, "strategy": strategy}
                 # ranks that wait on each other in a collective must not hang the bench: an hour each at most
                 rows.append(spawn("minigpt_assets.training.bench", asdict(job), ident, nproc=n,
                                   timeout=3600 if n > 1 else None))
                 r = rows[-1]
+                if to_loss == "auto" and target == float("-inf") and "curve" in r:
+                    target = _baseline_target(r)
                 done = ("error" if "error" in r else f"{r['tokens_per_s']:,.0f} tok/s" + ("/GPU" if n > 1 else "")
                         if "tokens_per_s" in r
                         else f"val {r['val_loss']:.3f} after {r['steps']} steps")

@@ -244,6 +244,13 @@ def test_bench_train_to_loss_times_each_side_to_the_target(capsys):
     assert not unreachable[0]["reached"] and unreachable[0]["steps"] == 4 and len(unreachable[0]["curve"]) == 2
     out = capsys.readouterr().out
     assert "sooner than best hf" in out
+    # auto: the first variant trains every step, and its best validation loss is the others' target
+    base, other = run_train_bench(["tiny"], {}, "cpu", 4, 0, None, None, ["hf", "ours+fast"], to_loss="auto",
+                                  eval_every=2)
+    best = min(c[2] for c in base["curve"])
+    assert len(base["curve"]) == 2 and base["reached"] and base["to_loss"] == best == base["val_loss"]
+    assert base["steps"] == next(c[0] for c in base["curve"] if c[2] == best) and base["seconds"] > 0
+    assert other["to_loss"] == best and (other["reached"] == (other["val_loss"] <= best))
 
 
 def test_bench_train_nproc_runs_each_strategy_as_ranks_under_torchrun(capsys):
