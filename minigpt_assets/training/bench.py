@@ -30,6 +30,7 @@ H100/H200. On a CPU no peak is known, so MFU is left out.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -108,12 +109,16 @@ def _stage(job: TrainJob):
     from minigpt_assets.training.config import StageConfig
 
     fast = job.impl.startswith("ours+fast")
+    # a time to loss decays the LR over its steps (cosine to 0.1), as a real run would: Muon's updates keep their
+    # size under a constant LR (AdamW's shrink as its gradients get noisy), so a constant LR would stall it
+    timed = job.to_loss is not None
     return StageConfig.model_validate({
-        "kind": "pretrain", "batch_size": job.batch * job.nproc, "max_steps": job.warmup + job.steps + job.profile,
+        "kind": "pretrain", "batch_size": job.batch * job.nproc,
+        "max_steps": job.steps if timed else job.warmup + job.steps + job.profile,
         "compile": fast and job.device.startswith("cuda"), "fused_loss": fast, "document_masking": job.impl.endswith("+docs"),
         "precision": "fp8" if job.impl.endswith("+fp8") else job.precision if fast else "default", "log_every": job.warmup + job.steps,
         "checkpoint_every": 10**9, "eval_batches": job.eval_batches,
-        "optim": {"lr": 3e-4, "warmup_steps": 0, "schedule": "constant",
+        "optim": {"lr": 3e-4, "warmup_steps": 0, "schedule": "cosine" if timed else "constant", "min_lr_ratio": 0.1,
                   "name": "muon" if job.impl.endswith("+muon") else "adamw"},
         "seed": job.seed, **(job.extra if job.impl.startswith("ours") else {})})
 
@@ -169,6 +174,9 @@ def _run_job(job: TrainJob, cfg, rank: int, world: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
     stage = _stage(job)
     with tempfile.TemporaryDirectory() as tmp:
+        if job.to_loss is not None:  # compilation counts in a time to loss: every variant compiles from cold, none
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{tmp}/inductor"  # reuses the kernels of the one before it
+            os.environ.pop("TRITON_CACHE_DIR", None)
         trainer = Trainer(cfg, stage, data, Path(tmp), device=job.device, rank=rank, world_size=world,
                           strategy=job.strategy)
         params = trainer.model.num_params()  # before the hf side moves ours to "meta" (which unties a tied head)
@@ -217,22 +225,46 @@ def _run_job(job: TrainJob, cfg, rank: int, world: int) -> dict:
             "device": name, "gpus": world, "strategy": job.strategy, **({"profile": top} if top else {})}
 
 
-def _profile(steps: int, step, batches, gpu: bool, top: int = 15) -> list[dict]:
-    """`steps` more steps under torch.profiler: the operators with the most self time (on the GPU: device time),
-    per step, with their share of the total."""
+#: kernel kinds of a GPU profile, by the first pattern a kernel's name contains (lower case)
+KERNEL_KINDS = (("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "aten::mm", "aten::addmm", "aten::bmm")),
+                ("attention", ("flash", "fmha", "sdpa", "attention", "flex")),
+                ("optimizer", ("adam", "multi_tensor_apply", "muon", "foreach")),
+                ("compiled (triton)", ("triton",)))
+NOT_KERNELS = {"Command Buffer Full"}  # a profiler marker for the host waiting on a full launch queue, not GPU work
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, pats in KERNEL_KINDS if any(p in low for p in pats)), "other")
+
+
+def _profile(steps: int, step, batches, gpu: bool, top: int = 15) -> dict:
+    """`steps` more steps under torch.profiler. On a GPU: the kernels (device events only, so an operator and the
+    kernels it launched are not counted twice) with the most time per step, their share of the GPU's busy time,
+    and that busy time by kind (matmul, attention, optimizer, compiled elementwise, other) next to the step's wall
+    time; on a CPU the operators with the most self time."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
     with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
         for _ in range(steps):
             step(next(batches))
         _sync(gpu)
+        wall = (time.perf_counter() - t0) / steps
     key = "self_device_time_total" if gpu else "self_cpu_time_total"
-    events = [e for e in prof.key_averages() if getattr(e, key) > 0]
+    events = [e for e in prof.key_averages() if getattr(e, key) > 0 and e.key not in NOT_KERNELS]
+    kernels = [e for e in events if e.device_type != DeviceType.CPU]
+    events = kernels if gpu and kernels else events
     total = sum(getattr(e, key) for e in events) or 1.0
     events.sort(key=lambda e: getattr(e, key), reverse=True)
-    return [{"op": e.key, "ms_per_step": getattr(e, key) / 1e3 / steps, "calls_per_step": e.count / steps,
-             "share": getattr(e, key) / total} for e in events[:top]]
+    kinds: dict[str, float] = {}
+    for e in events:
+        kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + getattr(e, key) / 1e3 / steps
+    return {"wall_ms_per_step": wall * 1e3, "busy_ms_per_step": total / 1e3 / steps, "kinds": kinds,
+            "top": [{"op": e.key, "ms_per_step": getattr(e, key) / 1e3 / steps, "calls_per_step": e.count / steps,
+                     "share": getattr(e, key) / total} for e in events[:top]]}
 
 
 def _sync(gpu: bool) -> None:
@@ -283,6 +315,7 @@ def _hf_loop(trainer, job: TrainJob):
 
     from minigpt_assets.models.interop import hf_config, to_hf_state_dict
     from minigpt_assets.training.optimizers import param_groups
+    from minigpt_assets.training.trainer import lr_multiplier
 
     cfg = trainer.model_cfg
     hcfg = hf_config(cfg)
@@ -296,6 +329,8 @@ def _hf_loop(trainer, job: TrainJob):
     o = trainer.stage.optim
     opt = torch.optim.AdamW(param_groups(list(model.parameters()), o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps,
                             fused=trainer.device.type == "cuda")
+    # the stage's LR schedule, as a transformers user's loop would step one (get_cosine_schedule_with_warmup)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, trainer.stage.max_steps, o))
     run = torch.compile(model) if job.impl == "hf+compile" else model
     dtype = torch.bfloat16 if trainer.device.type == "cuda" else torch.float32
     clip = o.grad_clip
@@ -308,6 +343,7 @@ def _hf_loop(trainer, job: TrainJob):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip else float("inf"))
         opt.step()
+        sched.step()
         opt.zero_grad(set_to_none=True)
         return {"loss": loss.detach()}
 
@@ -389,11 +425,14 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
                          else table(rows))))
     for r in rows:
         if r.get("profile"):
+            p = r["profile"]
             print(f"\nprofile: {r['model']} {r['impl']}" + (f" x{r['gpus']} {r['strategy']}" if r["gpus"] > 1 else "")
-                  + (" (GPU self time)" if gpu else " (CPU self time)"))
-            print(format_table(["operator", "ms/step", "calls/step", "share"],
-                               [(p["op"][:70], f"{p['ms_per_step']:.2f}", f"{p['calls_per_step']:.0f}",
-                                 f"{p['share']:.1%}") for p in r["profile"]]))
+                  + f": {p['wall_ms_per_step']:.1f} ms a step, " + (f"the GPU busy {p['busy_ms_per_step']:.1f} ms: "
+                  if gpu else f"{p['busy_ms_per_step']:.1f} ms of CPU self time: ")
+                  + ", ".join(f"{k} {v:.1f}" for k, v in sorted(p["kinds"].items(), key=lambda kv: -kv[1])))
+            print(format_table(["kernel" if gpu else "operator", "ms/step", "calls/step", "share"],
+                               [(t["op"][:70], f"{t['ms_per_step']:.2f}", f"{t['calls_per_step']:.0f}",
+                                 f"{t['share']:.1%}") for t in p["top"]]))
     if out:
         out.write_text(json.dumps(rows, indent=2) + "\n")
     return rows

@@ -266,15 +266,28 @@ def test_bench_train_nproc_runs_each_strategy_as_ranks_under_torchrun(capsys):
     assert "tokens/s/GPU" in capsys.readouterr().out
 
 
+def test_kernel_kinds_of_a_gpu_profile():
+    from minigpt_assets.training.bench import kernel_kind
+
+    assert kernel_kind("nvjet_sm90_tst_128x256_64x4_2x1_v_bz_coopA_NTN") == "matmul"
+    assert kernel_kind("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64") == "attention"
+    assert kernel_kind("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::") == "optimizer"
+    assert kernel_kind("triton_poi_fused_cat_mul_silu_silu_backward_view_2") == "compiled (triton)"
+    assert kernel_kind("void at::native::vectorized_elementwise_kernel<4, ...>") == "other"
+
+
 def test_bench_train_profile_lists_the_operators_with_the_most_self_time(capsys):
     from minigpt_assets.training.bench import run_train_bench
 
     rows = run_train_bench(["tiny"], {}, "cpu", 2, 1, None, None, ["ours+fast"], profile=2)
     prof = rows[0]["profile"]
-    assert 0 < len(prof) <= 15 and any(p["op"] == "aten::mm" for p in prof)
-    shares = [p["share"] for p in prof]
+    top = prof["top"]
+    assert 0 < len(top) <= 15 and any(p["op"] == "aten::mm" for p in top)
+    shares = [p["share"] for p in top]
     assert shares == sorted(shares, reverse=True) and sum(shares) <= 1 + 1e-9
-    assert "profile: tiny ours+fast (CPU self time)" in capsys.readouterr().out
+    assert prof["kinds"]["matmul"] > 0 and prof["wall_ms_per_step"] > 0
+    assert abs(sum(prof["kinds"].values()) - prof["busy_ms_per_step"]) < 1e-6
+    assert "profile: tiny ours+fast: " in capsys.readouterr().out
 
 
 def test_a_rank_that_fails_ends_the_torchrun_job_with_its_error():
