@@ -251,6 +251,8 @@ def test_bench_train_to_loss_times_each_side_to_the_target(capsys):
     assert len(base["curve"]) == 2 and base["reached"] and base["to_loss"] == best == base["val_loss"]
     assert base["steps"] == next(c[0] for c in base["curve"] if c[2] == best) and base["seconds"] > 0
     assert other["to_loss"] == best and (other["reached"] == (other["val_loss"] <= best))
+    # the same weights, batches, AdamW and cosine LR schedule on both sides: the same validation curve
+    np.testing.assert_allclose([c[2] for c in other["curve"]], [c[2] for c in base["curve"]], rtol=1e-6)
 
 
 def test_bench_train_nproc_runs_each_strategy_as_ranks_under_torchrun(capsys):
