@@ -20,7 +20,8 @@ scaling: N times the global batch). The table gives tokens/s per GPU and its rat
 
 With `--to-loss X` (on a `--mixture`), each variant trains from step 0 until its validation loss (the mixture's
 val split, every `eval_every` steps) reaches X, and the table gives the wall time to get there, compilation
-included and evaluation excluded. `--to-loss auto` lets the first variant (the baseline) train every step and takes
+(from a cold cache in every variant) included and evaluation excluded. The LR decays over `steps` (cosine to
+0.1·lr) on both sides. `--to-loss auto` lets the first variant (the baseline) train every step and takes
 its best validation loss as the target: the others are timed to the loss the baseline ends at, as a speedrun is.
 
 MFU = (6 N + 12 L d T) x tokens/s / peak. N counts every parameter except the input embedding (the output head
