@@ -110,18 +110,19 @@ def _stage(job: TrainJob):
     from minigpt_assets.training.config import StageConfig
 
     fast = job.impl.startswith("ours+fast")
-    # a time to loss decays the LR over its steps (cosine to 0.1), as a real run would: Muon's updates keep their
-    # size under a constant LR (AdamW's shrink as its gradients get noisy), so a constant LR would stall it
+    # a time to loss decays the LR over its steps (cosine to 0.1), as a real run would; the throughput rows keep
+    # it constant
     timed = job.to_loss is not None
+    extra = dict(job.extra) if job.impl.startswith("ours") else {}
+    optim = {"lr": 3e-4, "warmup_steps": 0, "schedule": "cosine" if timed else "constant", "min_lr_ratio": 0.1,
+             "name": "muon" if job.impl.endswith("+muon") else "adamw", **extra.pop("optim", {})}
     return StageConfig.model_validate({
         "kind": "pretrain", "batch_size": job.batch * job.nproc,
         "max_steps": job.steps if timed else job.warmup + job.steps + job.profile,
         "compile": fast and job.device.startswith("cuda"), "fused_loss": fast, "document_masking": job.impl.endswith("+docs"),
         "precision": "fp8" if job.impl.endswith("+fp8") else job.precision if fast else "default", "log_every": job.warmup + job.steps,
         "checkpoint_every": 10**9, "eval_batches": job.eval_batches,
-        "optim": {"lr": 3e-4, "warmup_steps": 0, "schedule": "cosine" if timed else "constant", "min_lr_ratio": 0.1,
-                  "name": "muon" if job.impl.endswith("+muon") else "adamw"},
-        "seed": job.seed, **(job.extra if job.impl.startswith("ours") else {})})
+        "optim": optim, "seed": job.seed, **extra})
 
 
 def run_job(d: dict) -> dict:

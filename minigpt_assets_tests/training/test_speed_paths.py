@@ -392,3 +392,19 @@ def test_prefetcher_hands_over_a_loader_error_and_keeps_raising_it():
         with pytest.raises(ValueError, match="shard 3 is corrupt"):
             next(pre)
     pre.close()
+
+
+def test_bench_stage_options_merge_into_the_variants_optimizer():
+    """`--stage-options '{"optim": {"lr": ...}}'` changes that field of our variants' optimizer and keeps the rest
+    (a +muon variant stays Muon); transformers' side never takes them; a time to loss decays the LR."""
+    from minigpt_assets.training.bench import SHAPES, TrainJob, _stage
+
+    def job(impl, **kw):
+        return TrainJob("tiny", SHAPES["tiny"][0], impl, "cpu", 4, 64, 10, 2, extra={"optim": {"lr": 0.02}}, **kw)
+
+    muon = _stage(job("ours+fast+muon")).optim
+    assert (muon.name, muon.lr, muon.schedule) == ("muon", 0.02, "constant")
+    hf = _stage(job("hf")).optim
+    assert (hf.name, hf.lr) == ("adamw", 3e-4)
+    timed = _stage(job("ours+fast", to_loss=3.0))
+    assert (timed.optim.schedule, timed.max_steps) == ("cosine", 10)
