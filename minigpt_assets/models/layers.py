@@ -168,7 +168,7 @@ def attention(q, k, v, backend: str, doc_ids: torch.Tensor | None, offset: int,
     """
     h, kv, tq, tk = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
     if mask is not None:
-        return masked_attention(q, k, v, mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=h != kv)
     if doc_ids is not None and offset:
         raise ValueError("document masking is for training windows, not for cached decoding")
     if backend == "flash" and flash_attn_available() and q.is_cuda:
@@ -202,21 +202,6 @@ def attention(q, k, v, backend: str, doc_ids: torch.Tensor | None, offset: int,
         return F.scaled_dot_product_attention(q, k, v, is_causal=tq > 1, enable_gqa=h != kv)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=_mask(doc_ids, tq, tk, offset, q.device),
                                           enable_gqa=h != kv)
-
-
-def masked_attention(q, k, v, mask: torch.Tensor) -> torch.Tensor:
-    """SDPA under an explicit mask [B, 1, Tq, Tk] with fewer KV heads than query heads, without `enable_gqa`: the
-    query heads that share a KV head become more query rows of that head ([B, KV, G*Tq, D], the mask repeated per
-    group). The same result, but on CUDA the memory-efficient kernel can take it, where SDPA with a mask and
-    `enable_gqa` falls back to its unfused math path (what a serving batch of rows of different lengths runs)."""
-    b, h, tq, d = q.shape
-    kv = k.shape[1]
-    if h == kv:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    g = h // kv
-    rows = q.reshape(b, kv, g * tq, d)  # head j = (j // g, j % g): each group's queries, tq at a time
-    out = F.scaled_dot_product_attention(rows, k, v, attn_mask=mask.repeat(1, 1, g, 1) if tq > 1 else mask)
-    return out.reshape(b, h, tq, d)
 
 
 def _mask(doc_ids, tq: int, tk: int, offset: int, device) -> torch.Tensor | None:

@@ -247,19 +247,3 @@ def test_moe_bmm_fallback_matches_grouped_path(monkeypatch):
             outs.append(layer(x))
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-4)
 
-
-@pytest.mark.parametrize("heads,kv,tq", [(8, 2, 1), (6, 3, 4), (4, 4, 3)])
-def test_masked_attention_groups_query_heads_as_gqa_does(heads, kv, tq):
-    """The serving cache's masked attention (query heads folded into rows of their KV head, no `enable_gqa`) equals
-    SDPA over KV heads repeated to every query head, under a mask of rows of different lengths."""
-    import torch.nn.functional as F
-
-    from minigpt_assets.models.layers import masked_attention
-
-    g = torch.Generator().manual_seed(heads * 10 + tq)
-    q, k, v = (torch.randn(3, n, t, 16, generator=g) for n, t in ((heads, tq), (kv, 9), (kv, 9)))
-    mask = torch.rand(3, 1, tq, 9, generator=g) > 0.4
-    mask[..., 0] = True
-    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(heads // kv, 1), v.repeat_interleave(heads // kv, 1),
-                                         attn_mask=mask)
-    torch.testing.assert_close(masked_attention(q, k, v, mask), ref, rtol=1e-5, atol=1e-6)
