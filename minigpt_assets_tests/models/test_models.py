@@ -246,4 +246,3 @@ def test_moe_bmm_fallback_matches_grouped_path(monkeypatch):
         with torch.no_grad():
             outs.append(layer(x))
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-4)
-
