@@ -305,13 +305,13 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     s.add_argument("--warmup", type=int, help="train (default 5), minimind (default 20): untimed steps first "
                                               "(compilation happens there)")
     s.add_argument("--to-loss", type=_loss_target, help="train: wall time of each variant to this validation loss "
-                   "(with --mixture; --steps is then the most steps), or auto: to the loss the first variant ends at")
+                   "(with --mixture; --steps is then the most steps), or auto: to the best loss the first variant reaches")
     s.add_argument("--stage-options", help="train: JSON of stage fields for our variants, e.g. "
                                            "'{\"activation_checkpointing\": true, \"optim\": {\"name\": \"adamw8bit\"}}'")
     s.add_argument("--nproc", type=int, default=1, help="train: also run our variants as N ranks under torchrun on "
                    "this machine (tokens/s per GPU next to one process)")
     s.add_argument("--profile", type=int, default=0, help="train: after the timed steps, run this many under "
-                   "torch.profiler and print the operators with the most (GPU) self time")
+                   "torch.profiler and print the kernels with the most GPU time (on CPU: operators) and the time by kind")
     s.add_argument("--strategies", help="train --nproc: comma-separated of fsdp,ddp,hsdp,zero2,zero3 (default fsdp,ddp)")
     s.add_argument("--eval-every", type=int, default=25, help="train --to-loss: steps between validation losses")
     s.add_argument("--mixture", help="train: real tokens from this materialized mixture (its seq_len) instead of "

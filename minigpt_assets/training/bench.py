@@ -22,7 +22,7 @@ With `--to-loss X` (on a `--mixture`), each variant trains from step 0 until its
 val split, every `eval_every` steps) reaches X, and the table gives the wall time to get there, compilation
 (from a cold cache in every variant) included and evaluation excluded. The LR decays over `steps` (cosine to
 0.1·lr) on both sides. `--to-loss auto` lets the first variant (the baseline) train every step and takes
-its best validation loss as the target: the others are timed to the loss the baseline ends at, as a speedrun is.
+its best validation loss as the target: the others are timed to the best loss the baseline reaches, as a speedrun is.
 
 MFU = (6 N + 12 L d T) x tokens/s / peak. N counts every parameter except the input embedding (the output head
 counts, tied or not); L, d and T are layers, width and sequence length. The peak is dense bf16 989 TFLOP/s on an
@@ -31,6 +31,7 @@ H100/H200. On a CPU no peak is known, so MFU is left out.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -77,7 +78,7 @@ class TrainJob:
     eval_batches: int = 8
     seed: int = 0
     extra: dict = field(default_factory=dict)
-    profile: int = 0  # steps after the timed ones to run under torch.profiler (the top operators by self time)
+    profile: int = 0  # steps after the timed ones to run under torch.profiler (the top kernels, time by kind)
     nproc: int = 1  # ranks under torchrun (`batch` is per rank)
     strategy: str = "none"  # how those ranks split the model: ddp | fsdp | hsdp | zero2 | zero3
 
@@ -116,6 +117,8 @@ def _stage(job: TrainJob):
     extra = dict(job.extra) if job.impl.startswith("ours") else {}
     optim = {"lr": 3e-4, "warmup_steps": 0, "schedule": "cosine" if timed else "constant", "min_lr_ratio": 0.1,
              "name": "muon" if job.impl.endswith("+muon") else "adamw", **extra.pop("optim", {})}
+    if job.impl.endswith("+muon"):  # the variant's name says what it runs, whatever the options name
+        optim["name"] = "muon"
     return StageConfig.model_validate({
         "kind": "pretrain", "batch_size": job.batch * job.nproc,
         "max_steps": job.steps if timed else job.warmup + job.steps + job.profile,
@@ -227,16 +230,17 @@ def _run_job(job: TrainJob, cfg, rank: int, world: int) -> dict:
             "device": name, "gpus": world, "strategy": job.strategy, **({"profile": top} if top else {})}
 
 
-#: kernel kinds of a GPU profile, by the first pattern a kernel's name contains (lower case)
-KERNEL_KINDS = (("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "aten::mm", "aten::addmm", "aten::bmm")),
-                ("attention", ("flash", "fmha", "sdpa", "attention", "flex")),
-                ("optimizer", ("adam", "multi_tensor_apply", "muon", "foreach")),
+#: kernel kinds of a GPU profile, by the first pattern in a kernel's name before its template arguments (lower
+#: case); attention first, as attention kernels are often built on CUTLASS
+KERNEL_KINDS = (("attention", ("flash", "fmha", "sdpa", "attention", "flex")),
+                ("multi-tensor (optimizer, clipping)", ("adam", "multi_tensor_apply", "muon", "foreach")),
+                ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "aten::mm", "aten::addmm", "aten::bmm")),
                 ("compiled (triton)", ("triton",)))
 NOT_KERNELS = {"Command Buffer Full"}  # a profiler marker for the host waiting on a full launch queue, not GPU work
 
 
 def kernel_kind(name: str) -> str:
-    low = name.lower()
+    low = name.split("<")[0].lower()
     return next((kind for kind, pats in KERNEL_KINDS if any(p in low for p in pats)), "other")
 
 
@@ -303,7 +307,10 @@ def _time_to_loss(job: TrainJob, step, batches, evaluate, gpu: bool) -> dict:
 def _baseline_target(r: dict) -> float:
     """`--to-loss auto`: the baseline's row becomes the time to its own best validation loss (its first
     evaluation at that loss), and that loss is the target of the variants after it."""
-    step, seconds, best = min(r["curve"], key=lambda c: (c[2], c[0]))
+    finite = [c for c in r["curve"] if math.isfinite(c[2])]
+    if not finite:
+        raise ValueError("the baseline's validation loss was never finite")
+    step, seconds, best = min(finite, key=lambda c: (c[2], c[0]))
     r.update(to_loss=best, reached=True, seconds=seconds, steps=step, tokens=step * r["batch"] * r["seq"],
              val_loss=best)
     return best
@@ -416,7 +423,10 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
                                   timeout=3600 if n > 1 else None))
                 r = rows[-1]
                 if to_loss == "auto" and target == float("-inf") and "curve" in r:
-                    target = _baseline_target(r)
+                    try:
+                        target = _baseline_target(r)
+                    except ValueError as e:  # a diverged baseline: its row is an error, the next one leads
+                        rows[-1] = r = {**ident, "error": str(e)}
                 done = ("error" if "error" in r else f"{r['tokens_per_s']:,.0f} tok/s" + ("/GPU" if n > 1 else "")
                         if "tokens_per_s" in r
                         else f"val {r['val_loss']:.3f} after {r['steps']} steps")
@@ -496,7 +506,7 @@ def to_loss_table(rows: list[dict]) -> tuple[list[str], list[tuple]]:
             out.append((r["model"], r["impl"], "", "", "", "", "", "", r["error"][:90]))
             continue
         ref = best.get(r["model"])
-        out.append((r["model"], r["impl"], r["to_loss"], "yes" if r["reached"] else "no",
+        out.append((r["model"], r["impl"], f"{r['to_loss']:.4f}", "yes" if r["reached"] else "no",
                     f"{r['seconds']:.1f}" if r["reached"] else "", r["steps"], f"{r['tokens']:,}",
                     f"{r['val_loss']:.4f}", f"{ref / r['seconds']:.2f}x" if ref and r["reached"] else ""))
     return cols, out

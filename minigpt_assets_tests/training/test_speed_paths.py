@@ -273,7 +273,11 @@ def test_kernel_kinds_of_a_gpu_profile():
 
     assert kernel_kind("nvjet_sm90_tst_128x256_64x4_2x1_v_bz_coopA_NTN") == "matmul"
     assert kernel_kind("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64") == "attention"
-    assert kernel_kind("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::") == "optimizer"
+    assert kernel_kind("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, cutlass::bfloat16_t>>") \
+        == "attention"
+    assert kernel_kind("fmha_cutlassF_bf16_aligned_64x64_rf_sm80") == "attention"
+    assert kernel_kind("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::") \
+        == "multi-tensor (optimizer, clipping)"
     assert kernel_kind("triton_poi_fused_cat_mul_silu_silu_backward_view_2") == "compiled (triton)"
     assert kernel_kind("void at::native::vectorized_elementwise_kernel<4, ...>") == "other"
 
@@ -394,6 +398,15 @@ def test_prefetcher_hands_over_a_loader_error_and_keeps_raising_it():
     pre.close()
 
 
+def test_auto_target_skips_a_diverged_baseline_loss():
+    from minigpt_assets.training.bench import _baseline_target
+
+    row = {"batch": 2, "seq": 8, "curve": [(20, 1.0, float("nan")), (40, 2.0, 5.0), (60, 3.0, 5.5)]}
+    assert _baseline_target(row) == 5.0 and (row["steps"], row["seconds"], row["reached"]) == (40, 2.0, True)
+    with pytest.raises(ValueError, match="never finite"):
+        _baseline_target({"batch": 2, "seq": 8, "curve": [(20, 1.0, float("inf"))]})
+
+
 def test_bench_stage_options_merge_into_the_variants_optimizer():
     """`--stage-options '{"optim": {"lr": ...}}'` changes that field of our variants' optimizer and keeps the rest
     (a +muon variant stays Muon); transformers' side never takes them; a time to loss decays the LR."""
@@ -404,6 +417,9 @@ def test_bench_stage_options_merge_into_the_variants_optimizer():
 
     muon = _stage(job("ours+fast+muon")).optim
     assert (muon.name, muon.lr, muon.schedule) == ("muon", 0.02, "constant")
+    named = TrainJob("tiny", SHAPES["tiny"][0], "ours+fast+muon", "cpu", 4, 64, 10, 2,
+                     extra={"optim": {"name": "adamw8bit"}})
+    assert _stage(named).optim.name == "muon"
     hf = _stage(job("hf")).optim
     assert (hf.name, hf.lr) == ("adamw", 3e-4)
     timed = _stage(job("ours+fast", to_loss=3.0))
