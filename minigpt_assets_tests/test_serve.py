@@ -105,6 +105,40 @@ def test_rows_of_one_length_decode_without_a_mask_and_equal_generate():
         assert done[i]["text"] == " ".join(map(str, ref[:ref.index(0)] if 0 in ref else ref))
 
 
+def test_requests_submitted_together_are_admitted_together(monkeypatch):
+    """A group given to `submit_all` is admitted whole, even while it is still being queued (slowly here): rows of
+    one prompt length then decode as one batch without a mask. Requests that arrive apart join the running batch
+    with other lengths, under a mask."""
+    torch.manual_seed(2)
+    model = build_model(make_config({**TINY, "vocab_size": 64}), device="cpu").eval()
+    eng = Engine(model, _Ids(), set(), max_batch=6)
+    masked = []
+    begin = eng.cache.begin_step
+
+    def counting():
+        begin()
+        masked.append(eng.cache.mask is not None)
+    monkeypatch.setattr(eng.cache, "begin_step", counting)
+    put = eng.waiting.put
+    monkeypatch.setattr(eng.waiting, "put", lambda r: (time.sleep(0.005), put(r)))  # a slow arrival
+    eng.start()
+    for together in (True, False):
+        masked.clear()
+        left = threading.Semaphore(0)
+        reqs = [Request([1, 2, 3], Params(max_tokens=80, temperature=0.0),
+                        lambda k, _v: left.release() if k == "done" else None) for _ in range(6)]
+        if together:
+            eng.submit_all(reqs)
+        else:  # arrivals apart in time: later rows join a running batch with other lengths
+            for r in reqs:
+                time.sleep(0.005)
+                eng.submit(r)
+        for _ in reqs:
+            assert left.acquire(timeout=60)
+        assert (not any(masked)) if together else any(masked), (together, len(masked), sum(masked))
+    eng.close()
+
+
 def test_a_failing_prefill_answers_its_request_and_the_batch_goes_on():
     torch.manual_seed(0)
     model = build_model(make_config({**TINY, "vocab_size": 64}), device="cpu").eval()

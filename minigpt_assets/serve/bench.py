@@ -86,9 +86,9 @@ def run_generate_bench(model_cfg, device: str, dtype: torch.dtype, batches: list
 
         def run_engine():
             done = threading.Semaphore(0)
-            for row in ids.tolist():
-                engine.submit(Request(row, Params(max_tokens=new_tokens, temperature=0.0),
-                                      lambda k, _p: done.release() if k in ("done", "error") else None))
+            engine.submit_all([Request(row, Params(max_tokens=new_tokens, temperature=0.0),
+                                       lambda k, _p: done.release() if k in ("done", "error") else None)
+                               for row in ids.tolist()])  # the batch's rows arrive together
             for _ in range(b):
                 done.acquire()
 

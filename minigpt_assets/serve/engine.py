@@ -124,6 +124,7 @@ class Request:
     prefix_at: int = 0  # incremental detokenization: text up to here is settled and never decoded again,
     read_at: int = 0  # and ids[prefix_at:read_at] are decoded once more as the context of the next tokens
     sent: int = 0  # characters of text already emitted
+    seed: int = 0  # of the generator a sampled request draws from (made at its first sampled token)
     generator: torch.Generator | None = None
     slot: int = -1
     t0: float = field(default_factory=time.perf_counter)
@@ -144,6 +145,7 @@ class Engine:
         self.cache = SlotCache(model.config, max_batch, self.context, self.device, w.dtype)
         self.live: list[Request | None] = [None] * max_batch
         self.waiting: queue.Queue[Request] = queue.Queue()
+        self._queue_lock = threading.Lock()  # held while a group is queued and while waiting requests are taken
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.steps = 0  # decode steps taken (the batching shows in tokens per step)
@@ -161,11 +163,18 @@ class Engine:
             self._thread.join(timeout=10)
 
     def submit(self, req: Request) -> None:
-        if len(req.prompt_ids) + 1 > self.context:
-            raise ValueError(f"the prompt is {len(req.prompt_ids)} tokens; the model's context is {self.context}")
-        seed = req.params.seed if req.params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-        req.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.waiting.put(req)
+        self.submit_all([req])
+
+    def submit_all(self, reqs: list[Request]) -> None:
+        """Queue requests; those given together are admitted together (as far as free slots allow), so rows that
+        arrive as one batch decode as one, without a mask when their prompts have one length."""
+        for req in reqs:
+            if len(req.prompt_ids) + 1 > self.context:
+                raise ValueError(f"the prompt is {len(req.prompt_ids)} tokens; the model's context is {self.context}")
+            req.seed = req.params.seed if req.params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        with self._queue_lock:
+            for req in reqs:
+                self.waiting.put(req)
 
     # -- the loop
     def _loop(self) -> None:
@@ -187,11 +196,17 @@ class Engine:
     def _admit(self, block: bool) -> None:
         """Take waiting requests into the free slots; prompts of the same length are prefilled as one batch."""
         new: list[Request] = []
-        while self.cache.n + len(new) < self.max_batch:
+        if block:  # nothing running: wait a little for a first request
             try:
-                new.append(self.waiting.get(timeout=0.05) if block and not new else self.waiting.get_nowait())
+                new.append(self.waiting.get(timeout=0.05))
             except queue.Empty:
-                break
+                return
+        with self._queue_lock:  # a group being queued is taken whole
+            while self.cache.n + len(new) < self.max_batch:
+                try:
+                    new.append(self.waiting.get_nowait())
+                except queue.Empty:
+                    break
         groups: dict[int, list[Request]] = {}
         for req in new:
             groups.setdefault(len(req.prompt_ids), []).append(req)
@@ -234,6 +249,8 @@ class Engine:
         if p.temperature <= 0:
             tok = greedy if greedy is not None else int(logits.argmax())
         else:
+            if req.generator is None:
+                req.generator = torch.Generator(device=self.device).manual_seed(req.seed)
             tok = int(sample_next(logits[None], p.temperature, None, p.top_p if p.top_p < 1 else None,
                                   req.generator))
         self.tokens += 1
