@@ -116,7 +116,7 @@ def _stage(job: TrainJob):
     timed = job.to_loss is not None
     extra = dict(job.extra) if job.impl.startswith("ours") else {}
     optim = {"lr": 3e-4, "warmup_steps": 0, "schedule": "cosine" if timed else "constant", "min_lr_ratio": 0.1,
-             "name": "muon" if job.impl.endswith("+muon") else "adamw", **extra.pop("optim", {})}
+             "name": "adamw", **extra.pop("optim", {})}
     if job.impl.endswith("+muon"):  # the variant's name says what it runs, whatever the options name
         optim["name"] = "muon"
     return StageConfig.model_validate({
@@ -267,7 +267,8 @@ def _profile(steps: int, step, batches, gpu: bool, top: int = 15) -> dict:
     events.sort(key=lambda e: getattr(e, key), reverse=True)
     kinds: dict[str, float] = {}
     for e in events:
-        kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + getattr(e, key) / 1e3 / steps
+        kind = kernel_kind(e.key)
+        kinds[kind] = kinds.get(kind, 0.0) + getattr(e, key) / 1e3 / steps
     return {"wall_ms_per_step": wall * 1e3, "busy_ms_per_step": total / 1e3 / steps, "kinds": kinds,
             "top": [{"op": e.key, "ms_per_step": getattr(e, key) / 1e3 / steps, "calls_per_step": e.count / steps,
                      "share": getattr(e, key) / total} for e in events[:top]]}
