@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from minigpt_assets.isolated import spawn, worker
+from minigpt_assets.training.bench_profile import print_profile, profile_steps
 
 IMPLS = ("hf", "hf+compile", "ours", "ours+fast", "ours+fast+docs", "ours+fast+muon", "ours+fast+fp8")
 GPU_IMPLS = ["hf", "hf+compile", "ours", "ours+fast", "ours+fast+docs"]  # the default variants on a GPU
@@ -214,7 +215,7 @@ def _run_job(job: TrainJob, cfg, rank: int, world: int) -> dict:
             losses.append(step(batch)["loss"])
         _sync(gpu)
         elapsed = time.perf_counter() - t_start
-        top = _profile(job.profile, step, batches, gpu) if job.profile else None
+        top = profile_steps(job.profile, step, batches, gpu) if job.profile else None
         batches.close()
     losses = [float(x) for x in losses]
     tps = job.steps * job.batch * job.seq / elapsed  # per rank (each rank trains `job.batch` rows a step)
@@ -228,50 +229,6 @@ def _run_job(job: TrainJob, cfg, rank: int, world: int) -> dict:
             else None, "data_wait": float(np.sum(waits)) / elapsed, "first_loss": losses[0], "last_loss": losses[-1],
             "tail_loss": float(np.mean(losses[-10:])),
             "device": name, "gpus": world, "strategy": job.strategy, **({"profile": top} if top else {})}
-
-
-#: kernel kinds of a GPU profile, by the first pattern in a kernel's name before its template arguments (lower
-#: case); attention first, as attention kernels are often built on CUTLASS
-KERNEL_KINDS = (("attention", ("flash", "fmha", "sdpa", "attention", "flex")),
-                ("multi-tensor (optimizer, clipping)", ("adam", "multi_tensor_apply", "muon", "foreach")),
-                ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "aten::mm", "aten::addmm", "aten::bmm")),
-                ("compiled (triton)", ("triton",)))
-NOT_KERNELS = {"Command Buffer Full"}  # a profiler marker for the host waiting on a full launch queue, not GPU work
-
-
-def kernel_kind(name: str) -> str:
-    low = name.split("<")[0].lower()
-    return next((kind for kind, pats in KERNEL_KINDS if any(p in low for p in pats)), "other")
-
-
-def _profile(steps: int, step, batches, gpu: bool, top: int = 15) -> dict:
-    """`steps` more steps under torch.profiler. On a GPU: the kernels (device events only, so an operator and the
-    kernels it launched are not counted twice) with the most time per step, their share of the GPU's busy time,
-    and that busy time by kind (matmul, attention, optimizer, compiled elementwise, other) next to the step's wall
-    time; on a CPU the operators with the most self time."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
-    with profile(activities=acts) as prof:
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step(next(batches))
-        _sync(gpu)
-        wall = (time.perf_counter() - t0) / steps
-    key = "self_device_time_total" if gpu else "self_cpu_time_total"
-    events = [e for e in prof.key_averages() if getattr(e, key) > 0 and e.key not in NOT_KERNELS]
-    kernels = [e for e in events if e.device_type != DeviceType.CPU]
-    events = kernels if gpu and kernels else events
-    total = sum(getattr(e, key) for e in events) or 1.0
-    events.sort(key=lambda e: getattr(e, key), reverse=True)
-    kinds: dict[str, float] = {}
-    for e in events:
-        kind = kernel_kind(e.key)
-        kinds[kind] = kinds.get(kind, 0.0) + getattr(e, key) / 1e3 / steps
-    return {"wall_ms_per_step": wall * 1e3, "busy_ms_per_step": total / 1e3 / steps, "kinds": kinds,
-            "top": [{"op": e.key, "ms_per_step": getattr(e, key) / 1e3 / steps, "calls_per_step": e.count / steps,
-                     "share": getattr(e, key) / total} for e in events[:top]]}
 
 
 def _sync(gpu: bool) -> None:
@@ -438,14 +395,7 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
                          else table(rows))))
     for r in rows:
         if r.get("profile"):
-            p = r["profile"]
-            print(f"\nprofile: {r['model']} {r['impl']}" + (f" x{r['gpus']} {r['strategy']}" if r["gpus"] > 1 else "")
-                  + f": {p['wall_ms_per_step']:.1f} ms a step, " + (f"the GPU busy {p['busy_ms_per_step']:.1f} ms: "
-                  if gpu else f"{p['busy_ms_per_step']:.1f} ms of CPU self time: ")
-                  + ", ".join(f"{k} {v:.1f}" for k, v in sorted(p["kinds"].items(), key=lambda kv: -kv[1])))
-            print(format_table(["kernel" if gpu else "operator", "ms/step", "calls/step", "share"],
-                               [(t["op"][:70], f"{t['ms_per_step']:.2f}", f"{t['calls_per_step']:.0f}",
-                                 f"{t['share']:.1%}") for t in p["top"]]))
+            print_profile(r, gpu)
     if out:
         out.write_text(json.dumps(rows, indent=2) + "\n")
     return rows

@@ -269,7 +269,7 @@ def test_bench_train_nproc_runs_each_strategy_as_ranks_under_torchrun(capsys):
 
 
 def test_kernel_kinds_of_a_gpu_profile():
-    from minigpt_assets.training.bench import kernel_kind
+    from minigpt_assets.training.bench_profile import kernel_kind
 
     assert kernel_kind("nvjet_sm90_tst_128x256_64x4_2x1_v_bz_coopA_NTN") == "matmul"
     assert kernel_kind("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64") == "attention"
