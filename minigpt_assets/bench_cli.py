@@ -170,8 +170,18 @@ def _bench_train(args: argparse.Namespace, cat: Catalog, models: list[str] | Non
         return _fail(f"bench train: --stage-options: {where}")
     rows = T.run_train_bench(models, recipes, args.device, args.steps, args.warmup, args.batch, args.seq, impls,
                              args.precision, Path(args.json) if args.json else None, mixture, args.to_loss,
-                             args.eval_every, extra, args.nproc, strategies, args.profile)
+                             args.eval_every, extra, args.nproc, strategies, args.profile, args.lr)
     return 0 if rows and all("error" not in r for r in rows) else 1
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
 
 
 def _loss_target(text: str) -> float | str:
@@ -306,6 +316,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                               "(compilation happens there)")
     s.add_argument("--to-loss", type=_loss_target, help="train: wall time of each variant to this validation loss "
                    "(with --mixture; --steps is then the most steps), or auto: to the best loss the first variant reaches")
+    s.add_argument("--lr", type=_positive_float, default=3e-4, help="train: the peak LR of every variant, "
+                   "transformers' too (default 3e-4; cosine to 0.1x with --to-loss, else constant)")
     s.add_argument("--stage-options", help="train: JSON of stage fields for our variants, e.g. "
                                            "'{\"activation_checkpointing\": true, \"optim\": {\"name\": \"adamw8bit\"}}'")
     s.add_argument("--nproc", type=int, default=1, help="train: also run our variants as N ranks under torchrun on "

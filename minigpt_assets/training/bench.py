@@ -78,6 +78,7 @@ class TrainJob:
     eval_every: int = 25
     eval_batches: int = 8
     seed: int = 0
+    lr: float = 3e-4  # both sides' peak LR (an `optim: {lr}` in `extra` overrides it on ours)
     extra: dict = field(default_factory=dict)
     profile: int = 0  # steps after the timed ones to run under torch.profiler (the top kernels, time by kind)
     nproc: int = 1  # ranks under torchrun (`batch` is per rank)
@@ -116,7 +117,7 @@ def _stage(job: TrainJob):
     # it constant
     timed = job.to_loss is not None
     extra = dict(job.extra) if job.impl.startswith("ours") else {}
-    optim = {"lr": 3e-4, "warmup_steps": 0, "schedule": "cosine" if timed else "constant", "min_lr_ratio": 0.1,
+    optim = {"lr": job.lr, "warmup_steps": 0, "schedule": "cosine" if timed else "constant", "min_lr_ratio": 0.1,
              "name": "adamw", **extra.pop("optim", {})}
     if job.impl.endswith("+muon"):  # the variant's name says what it runs, whatever the options name
         optim["name"] = "muon"
@@ -258,7 +259,7 @@ def _time_to_loss(job: TrainJob, step, batches, evaluate, gpu: bool) -> dict:
             break
     reached = val is not None and val <= job.to_loss
     return {"model": job.name, "impl": job.impl, "batch": job.batch, "seq": job.seq, "to_loss": job.to_loss,
-            "reached": reached, "seconds": trained if reached else None, "steps": i, "tokens": i * job.batch * job.seq,
+            "lr": _stage(job).optim.lr, "reached": reached, "seconds": trained if reached else None, "steps": i, "tokens": i * job.batch * job.seq,
             "val_loss": val, "curve": curve}
 
 
@@ -339,7 +340,8 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
                     batch: int | None, seq: int | None, impls: list[str] | None, precision: str = "default",
                     out: Path | None = None, mixture: tuple[str, Path, int] | None = None,
                     to_loss: float | str | None = None, eval_every: int = 25, extra: dict | None = None,
-                    nproc: int = 1, strategies: list[str] | None = None, profile: int = 0) -> list[dict]:
+                    nproc: int = 1, strategies: list[str] | None = None, profile: int = 0,
+                    lr: float = 3e-4) -> list[dict]:
     """Run every (shape, variant) and print the table. `recipes`: model recipe name -> config dict, for names
     that are not built-in shapes; `mixture`: (name, folder, seq_len) of real tokens to train on; `to_loss`:
     time each variant to this validation loss instead (at most `steps` steps; "auto": to the first variant's best
@@ -362,7 +364,7 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
     data = f"mixture {mixture[0]}" if mixture else "random tokens"
     what = (f"time to validation loss {to_loss} (at most {steps} steps, eval every {eval_every})" if to_loss
             is not None else f"{steps} timed steps after {warmup} warm-up")
-    print(f"bench train: {what}, {data}, {'bf16 autocast' if gpu else 'fp32'}"
+    print(f"bench train: {what}, {data}, lr {lr:g}, {'bf16 autocast' if gpu else 'fp32'}"
           f"{', precision ' + precision if precision != 'default' else ''}, on {where}; torch {torch.__version__}",
           flush=True)
     rows = []
@@ -374,7 +376,7 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
             for n, strategy in runs:
                 job = TrainJob(name, model, impl, device, batch or default_batch, s, steps, warmup, precision,
                                mixture=str(mixture[1]) if mixture else None, to_loss=target, eval_every=eval_every,
-                               extra=extra or {}, nproc=n, strategy=strategy, profile=profile)
+                               lr=lr, extra=extra or {}, nproc=n, strategy=strategy, profile=profile)
                 ident = {"model": name, "impl": impl, "gpus": n, "strategy": strategy}
                 # ranks that wait on each other in a collective must not hang the bench: an hour each at most
                 rows.append(spawn("minigpt_assets.training.bench", asdict(job), ident, nproc=n,
@@ -450,14 +452,14 @@ def to_loss_table(rows: list[dict]) -> tuple[list[str], list[tuple]]:
     for r in rows:
         if r.get("impl", "").startswith("hf") and r.get("reached"):
             best[r["model"]] = min(best.get(r["model"], float("inf")), r["seconds"])
-    cols = ["model", "impl", "target", "reached", "seconds", "steps", "tokens", "val loss", "sooner than best hf"]
+    cols = ["model", "impl", "lr", "target", "reached", "seconds", "steps", "tokens", "val loss", "sooner than best hf"]
     out = []
     for r in rows:
         if "error" in r:
-            out.append((r["model"], r["impl"], "", "", "", "", "", "", r["error"][:90]))
+            out.append((r["model"], r["impl"], "", "", "", "", "", "", "", r["error"][:90]))
             continue
         ref = best.get(r["model"])
-        out.append((r["model"], r["impl"], f"{r['to_loss']:.4f}", "yes" if r["reached"] else "no",
+        out.append((r["model"], r["impl"], f"{r['lr']:g}", f"{r['to_loss']:.4f}", "yes" if r["reached"] else "no",
                     f"{r['seconds']:.1f}" if r["reached"] else "", r["steps"], f"{r['tokens']:,}",
                     f"{r['val_loss']:.4f}", f"{ref / r['seconds']:.2f}x" if ref and r["reached"] else ""))
     return cols, out

@@ -89,3 +89,6 @@ def test_model_commands_fail_with_one_line(tmp_path, capsys):
         assert main(["bench", "train", *argv]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
+    with pytest.raises(SystemExit):  # argparse: one usage line and the reason, exit 2
+        main(["bench", "train", "--lr", "-1"])
+    assert "--lr: expected a positive number, got '-1'" in capsys.readouterr().err

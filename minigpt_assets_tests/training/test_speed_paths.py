@@ -240,6 +240,7 @@ def test_bench_train_to_loss_times_each_side_to_the_target(capsys):
                            eval_every=2)
     assert [r.get("error") for r in rows] == [None, None], rows
     assert all(r["reached"] and r["steps"] == 2 and r["seconds"] > 0 for r in rows)  # ln(512) = 6.2 < 9
+    assert [r["lr"] for r in rows] == [3e-4, 3e-4]
     unreachable = run_train_bench(["tiny"], {}, "cpu", 4, 0, None, None, ["ours+fast"], to_loss=0.5, eval_every=2)
     assert not unreachable[0]["reached"] and unreachable[0]["steps"] == 4 and len(unreachable[0]["curve"]) == 2
     out = capsys.readouterr().out
@@ -424,3 +425,7 @@ def test_bench_stage_options_merge_into_the_variants_optimizer():
     assert (hf.name, hf.lr) == ("adamw", 3e-4)
     timed = _stage(job("ours+fast", to_loss=3.0))
     assert (timed.optim.schedule, timed.max_steps) == ("cosine", 10)
+    # --lr: every variant's peak LR, transformers' too; the options' optim lr still wins on ours
+    assert _stage(job("hf", lr=2e-3)).optim.lr == 2e-3 and _stage(job("ours+fast", lr=2e-3)).optim.lr == 0.02
+    plain = TrainJob("tiny", SHAPES["tiny"][0], "ours+fast", "cpu", 4, 64, 10, 2, lr=2e-3)
+    assert _stage(plain).optim.lr == 2e-3
