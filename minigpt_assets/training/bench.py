@@ -364,7 +364,9 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
     data = f"mixture {mixture[0]}" if mixture else "random tokens"
     what = (f"time to validation loss {to_loss} (at most {steps} steps, eval every {eval_every})" if to_loss
             is not None else f"{steps} timed steps after {warmup} warm-up")
-    print(f"bench train: {what}, {data}, lr {lr:g}, {'bf16 autocast' if gpu else 'fp32'}"
+    lr_note = f"lr {lr:g}" + (" (ours: the options' optim lr where set)" if (extra or {}).get("optim", {}).get("lr")
+                               else "")
+    print(f"bench train: {what}, {data}, {lr_note}, {'bf16 autocast' if gpu else 'fp32'}"
           f"{', precision ' + precision if precision != 'default' else ''}, on {where}; torch {torch.__version__}",
           flush=True)
     rows = []
