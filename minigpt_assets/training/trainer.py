@@ -172,10 +172,15 @@ class Trainer:
         """DDP replicates the module; FSDP2 (`fully_shard`) shards every block and then the root, so the
         optimizer built afterwards holds only this rank's shard of each parameter. HSDP is FSDP2 on a 2-D mesh:
         each node's ranks (torchrun's LOCAL_WORLD_SIZE) shard the model, and the nodes hold replicas whose
-        gradients are all-reduced, so the cross-node traffic is one all-reduce of a shard per step."""
+        gradients are all-reduced, so the cross-node traffic is one all-reduce of a shard per step. Under bf16
+        the shards are gathered in bf16 (half the bytes of the fp32 master weights, which the optimizer keeps) and
+        gradients reduced in fp32, as torchtitan does."""
         model = self.model
         if self.strategy in SHARDED:
-            from torch.distributed.fsdp import fully_shard
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                  if self.dtype == torch.bfloat16 else MixedPrecisionPolicy())
 
             mesh = None
             if self.strategy == "hsdp":
@@ -187,8 +192,8 @@ class Trainer:
                 mesh = init_device_mesh(self.device.type, (self.world_size // local, local),
                                         mesh_dim_names=("replicate", "shard"))
             for layer in model.model.layers:
-                fully_shard(layer, mesh=mesh)
-            fully_shard(model, mesh=mesh)
+                fully_shard(layer, mesh=mesh, mp_policy=mp)
+            fully_shard(model, mesh=mesh, mp_policy=mp)
         if self.compiled:  # each block on its own: short compile times, and FSDP/checkpointing see the same modules
             for layer in model.model.layers:
                 layer.compile()
