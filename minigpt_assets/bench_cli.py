@@ -140,7 +140,7 @@ def _bench_train(args: argparse.Namespace, cat: Catalog, models: list[str] | Non
     if args.to_loss is not None and mixture is None:
         return _fail("bench train: --to-loss needs --mixture (its val split is what the loss is measured on)")
     strategies = args.strategies.split(",") if args.strategies else None
-    if args.nproc > 1:
+    if args.nproc > 1 or strategies:
         from minigpt_assets.training.trainer import STRATEGIES
 
         bad = [s for s in strategies or [] if s not in STRATEGIES or s == "none"]
@@ -148,10 +148,11 @@ def _bench_train(args: argparse.Namespace, cat: Catalog, models: list[str] | Non
             return _fail(f"bench train: --strategies: unknown {', '.join(bad)} (known: "
                          f"{', '.join(s for s in STRATEGIES if s != 'none')})")
         if any(i.startswith("hf") for i in impls or []) or args.to_loss is not None:
-            return _fail("bench train: --nproc runs our variants only (transformers' side is one process), "
+            return _fail("bench train: --nproc and --strategies run our variants only (transformers' side is one "
+                         "process), "
                          "and not with --to-loss")
-    elif strategies:
-        return _fail("bench train: --strategies needs --nproc N (N > 1)")
+    if args.nproc < 1:
+        return _fail(f"bench train: --nproc: expected a positive number of ranks, got {args.nproc}")
     from pydantic import ValidationError
 
     from minigpt_assets.training.config import StageConfig
@@ -324,7 +325,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                    "this machine (tokens/s per GPU next to one process)")
     s.add_argument("--profile", type=int, default=0, help="train: after the timed steps, run this many under "
                    "torch.profiler and print the kernels with the most GPU time (on CPU: operators) and the time by kind")
-    s.add_argument("--strategies", help="train --nproc: comma-separated of fsdp,ddp,hsdp,zero2,zero3 (default fsdp,ddp)")
+    s.add_argument("--strategies", help="train: comma-separated of fsdp,ddp,hsdp,zero2,zero3 for the --nproc ranks "
+                   "(default fsdp,ddp); with --nproc 1, one rank under torchrun (a strategy's cost on one GPU)")
     s.add_argument("--eval-every", type=int, default=25, help="train --to-loss: steps between validation losses")
     s.add_argument("--mixture", help="train: real tokens from this materialized mixture (its seq_len) instead of "
                                      "random ones; the losses then compare what each variant learns; minimind: "

@@ -16,7 +16,8 @@ Variants (`--impls`), each in a fresh process:
 
 With `--nproc N`, each of our variants also runs as N ranks under torchrun on this machine, once per parallel
 strategy (`--strategies fsdp,ddp,zero2,zero3,hsdp`), with the same batch per rank as its one-process row (weak
-scaling: N times the global batch). The table gives tokens/s per GPU and its ratio to one process.
+scaling: N times the global batch). The table gives tokens/s per GPU and its ratio to one process. With
+`--nproc 1 --strategies ...` each strategy runs as one rank under torchrun: what its wrapping costs on one GPU.
 
 With `--to-loss X` (on a `--mixture`), each variant trains from step 0 until its validation loss (the mixture's
 val split, every `eval_every` steps) reaches X, and the table gives the wall time to get there, compilation
@@ -139,7 +140,7 @@ def run_job(d: dict) -> dict:
     job = TrainJob(**d)
     cfg = make_config({**job.model, "max_seq_len": max(job.model.get("max_seq_len", 0), job.seq)})
     rank, world = 0, 1
-    if job.nproc > 1:
+    if job.strategy != "none":  # under torchrun, even as one rank
         from minigpt_assets.training.run import join_distributed
 
         rank, world, job.device = join_distributed({"device": job.device, "strategy": job.strategy})
@@ -358,8 +359,9 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
     names = models or (GPU_SHAPES if gpu else ["tiny"])
     if to_loss is not None:
         impls = impls or ["hf+compile" if gpu else "hf", "ours+fast", "ours+fast+muon"]
-    impls = impls or (["ours+fast"] if nproc > 1 else GPU_IMPLS if gpu else ["hf", "ours", "ours+fast"])
-    runs = [(1, "none")] + [(nproc, s) for s in (strategies or ["fsdp", "ddp"])] if nproc > 1 else [(1, "none")]
+    ranks = nproc > 1 or bool(strategies)  # our variants also under torchrun, once per strategy
+    impls = impls or (["ours+fast"] if ranks else GPU_IMPLS if gpu else ["hf", "ours", "ours+fast"])
+    runs = [(1, "none")] + [(nproc, s) for s in (strategies or ["fsdp", "ddp"])] if ranks else [(1, "none")]
     where = torch.cuda.get_device_name() if gpu else f"{platform.machine()}, {torch.get_num_threads()} threads"
     data = f"mixture {mixture[0]}" if mixture else "random tokens"
     what = (f"time to validation loss {to_loss} (at most {steps} steps, eval every {eval_every})" if to_loss
@@ -382,7 +384,7 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
                 ident = {"model": name, "impl": impl, "gpus": n, "strategy": strategy}
                 # ranks that wait on each other in a collective must not hang the bench: an hour each at most
                 rows.append(spawn("minigpt_assets.training.bench", asdict(job), ident, nproc=n,
-                                  timeout=3600 if n > 1 else None))
+                                  torchrun=strategy != "none", timeout=3600 if strategy != "none" else None))
                 r = rows[-1]
                 if to_loss == "auto" and target == float("-inf") and "curve" in r:
                     try:
@@ -392,10 +394,10 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
                 done = ("error" if "error" in r else f"{r['tokens_per_s']:,.0f} tok/s" + ("/GPU" if n > 1 else "")
                         if "tokens_per_s" in r
                         else f"val {r['val_loss']:.3f} after {r['steps']} steps")
-                label = impl if n == 1 else f"{impl} x{n} {strategy}"
+                label = impl if strategy == "none" else f"{impl} x{n} {strategy}"
                 print(f"  {name:<16} {label:<24} " + (r["error"][:120] if "error" in r else done), flush=True)
     print()
-    print(format_table(*(to_loss_table(rows) if to_loss is not None else scaling_table(rows) if nproc > 1
+    print(format_table(*(to_loss_table(rows) if to_loss is not None else scaling_table(rows) if ranks
                          else table(rows))))
     for r in rows:
         if r.get("profile"):
@@ -432,10 +434,11 @@ def _speed(r: dict) -> tuple[str, str, str, str]:
 
 
 def scaling_table(rows: list[dict]) -> tuple[list[str], list[tuple]]:
-    """`--nproc`: tokens/s per GPU and its ratio to the same variant in one process."""
-    one = {(r["model"], r["impl"]): r["tokens_per_s"] for r in rows if r.get("gpus") == 1 and "error" not in r}
+    """`--nproc` / `--strategies`: tokens/s per GPU and its ratio to the same variant in one plain process."""
+    one = {(r["model"], r["impl"]): r["tokens_per_s"] for r in rows
+           if r.get("strategy") == "none" and "error" not in r}
     cols = ["model", "impl", "GPUs", "strategy", "batch/GPU x seq", "step ms", "tokens/s/GPU", "MFU", "peak GB",
-            "vs 1 GPU", "loss first/last"]
+            "vs one process", "loss first/last"]
     out = []
     for r in rows:
         if "error" in r:

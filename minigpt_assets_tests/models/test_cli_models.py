@@ -83,9 +83,10 @@ def test_model_commands_fail_with_one_line(tmp_path, capsys):
     assert "no tokenizer.json" in capsys.readouterr().err
     assert main(["bench", "model", "--models", "nope"]) == 1
     assert "unknown model recipe" in capsys.readouterr().err
-    for argv, says in ((["--strategies", "ddp"], "--strategies needs --nproc"),
+    for argv, says in ((["--nproc", "0"], "--nproc: expected a positive number of ranks, got 0"),
+                       (["--strategies", "ddp", "--impls", "hf"], "--nproc and --strategies run our variants only"),
                        (["--nproc", "2", "--strategies", "fsdp,tp"], "--strategies: unknown tp"),
-                       (["--nproc", "2", "--impls", "hf,ours"], "--nproc runs our variants only")):
+                       (["--nproc", "2", "--impls", "hf,ours"], "--nproc and --strategies run our variants only")):
         assert main(["bench", "train", *argv]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err

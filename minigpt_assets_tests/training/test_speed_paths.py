@@ -269,6 +269,24 @@ def test_bench_train_nproc_runs_each_strategy_as_ranks_under_torchrun(capsys):
     assert "tokens/s/GPU" in capsys.readouterr().out
 
 
+def test_bench_train_one_rank_under_a_strategy_trains_what_one_process_trains(capsys):
+    """`--nproc 1 --strategies fsdp`: one rank under torchrun with FSDP2 wrapping, next to the plain process on the
+    same batches: the same losses, so the row measures what the wrapping costs."""
+    from minigpt_assets.training.bench import run_train_bench
+
+    rows = run_train_bench(["tiny"], {}, "cpu", 2, 1, 4, None, ["ours+fast"], nproc=1, strategies=["fsdp"])
+    assert [r.get("error") for r in rows] == [None] * 2, rows
+    assert [(r["gpus"], r["strategy"]) for r in rows] == [(1, "none"), (1, "fsdp")]
+    np.testing.assert_allclose([rows[1]["first_loss"], rows[1]["last_loss"]],
+                               [rows[0]["first_loss"], rows[0]["last_loss"]], rtol=1e-5)
+    assert "ours+fast x1 fsdp" in capsys.readouterr().out
+    from minigpt_assets.training.bench import scaling_table
+
+    cols, table = scaling_table(rows)  # the ratio is to the plain process, not to another one-GPU row
+    ratio = [row[cols.index("vs one process")] for row in table]
+    assert ratio[0] == "1.00x" and ratio[1] == f"{rows[1]['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x"
+
+
 def test_kernel_kinds_of_a_gpu_profile():
     from minigpt_assets.training.bench_profile import kernel_kind
 
