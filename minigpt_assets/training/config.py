@@ -213,6 +213,9 @@ class StageConfig(_Strict):
     fused_loss: bool | Literal["auto"] = "auto"  # chunked linear + cross-entropy, no fp32 logits; auto: on CUDA
     precision: Literal["default", "fp8"] = "default"  # fp8: linear matmuls in float8 (torchao; Ada/Hopper GPUs)
     activation_checkpointing: bool | None = None  # None: as the model recipe says
+    # fsdp/hsdp: free each block's gathered weights after its forward (False: keep them for its backward, as
+    # ZeRO-2 does: one all-gather a step instead of two, for the memory of the unsharded blocks)
+    reshard_after_forward: bool = True
     document_masking: bool = True
     checkpoint_every: int = Field(100, gt=0)
     keep_last: int = Field(2, ge=1)

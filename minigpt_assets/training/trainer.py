@@ -192,7 +192,7 @@ class Trainer:
                 mesh = init_device_mesh(self.device.type, (self.world_size // local, local),
                                         mesh_dim_names=("replicate", "shard"))
             for layer in model.model.layers:
-                fully_shard(layer, mesh=mesh, mp_policy=mp)
+                fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=self.stage.reshard_after_forward)
             fully_shard(model, mesh=mesh, mp_policy=mp)
         if self.compiled:  # each block on its own: short compile times, and FSDP/checkpointing see the same modules
             for layer in model.model.layers:

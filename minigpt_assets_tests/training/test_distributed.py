@@ -63,6 +63,15 @@ def test_two_ranks_match_one_process(tmp_path, single, strategy):
 
 
 @ZERO
+def test_fsdp_that_keeps_gathered_blocks_for_the_backward_matches_one_process(tmp_path, single):
+    path = _spec(tmp_path, "keep", "fsdp")
+    d = json.loads(path.read_text())
+    d["stage"]["reshard_after_forward"] = False
+    path.write_text(json.dumps(d))
+    np.testing.assert_allclose(_run(path, nproc=2)["losses"], single["losses"], rtol=2e-4)
+
+
+@ZERO
 def test_zero3_checkpoint_resumes_and_its_weights_load_anywhere(tmp_path, single):
     """A ZeRO-3 run stopped at step 4 resumes from its sharded optimizer state; the consolidated weights of the
     checkpoint load as a plain model."""
