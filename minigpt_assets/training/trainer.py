@@ -393,6 +393,12 @@ class Trainer:
             lambda: self.objective.evaluate(self.val, n),
             lambda: f"out of memory evaluating at micro_batch_size {self.micro}; "
                     "lower micro_batch_size or set it to auto")
+        if self.strategy in SHARDED:  # no backward follows to free the gathered weights (the root's, and every
+            from torch.distributed.fsdp import FSDPModule  # block's under reshard_after_forward: false)
+
+            for m in self.model.modules():
+                if isinstance(m, FSDPModule):
+                    m.reshard()
         return val_loss
 
     def fit(self, max_steps: int | None = None, resume: bool = True) -> TrainResult:

@@ -62,13 +62,50 @@ def test_two_ranks_match_one_process(tmp_path, single, strategy):
     np.testing.assert_allclose(res["losses"], single["losses"], rtol=2e-4)
 
 
-@ZERO
 def test_fsdp_that_keeps_gathered_blocks_for_the_backward_matches_one_process(tmp_path, single):
     path = _spec(tmp_path, "keep", "fsdp")
     d = json.loads(path.read_text())
     d["stage"]["reshard_after_forward"] = False
     path.write_text(json.dumps(d))
     np.testing.assert_allclose(_run(path, nproc=2)["losses"], single["losses"], rtol=2e-4)
+
+
+@pytest.mark.parametrize("reshard", [True, False])
+def test_fsdp_gathers_bf16_and_reshards_as_the_stage_says(tmp_path, reshard):
+    """In one gloo rank: under bf16 the blocks compute on bf16 weights (the embedding's output is bf16); the first
+    block's weights are sharded again once its forward ends unless `reshard_after_forward: false` keeps them
+    gathered for the backward; an evaluation (no backward) leaves every block sharded either way."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    from minigpt_assets.data.loader import ArrayTokens
+    from minigpt_assets.models import make_config
+    from minigpt_assets.training.trainer import Trainer
+    from minigpt_assets_tests.training.test_trainer import EOS, MODEL, counting_corpus, stage
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        data = ArrayTokens(counting_corpus(4000), 32, EOS)
+        tr = Trainer(make_config(MODEL), stage(max_steps=2, dtype="bfloat16", reshard_after_forward=reshard),
+                     data, tmp_path / "run", val=data, device="cpu", rank=0, world_size=1, strategy="fsdp")
+        layers = tr.model.model.layers
+        seen = {}
+
+        def embed_out(module, args, out) -> None:
+            seen.setdefault("embed", out.dtype)
+
+        def before_second_block(module, args) -> None:
+            seen.setdefault("first_block_sharded", isinstance(next(layers[0].parameters()), DTensor))
+
+        tr.model.model.embed_tokens.register_forward_hook(embed_out)
+        layers[1].register_forward_pre_hook(before_second_block)
+        tr.train_step(next(tr.batches()))
+        assert seen == {"embed": torch.bfloat16, "first_block_sharded": reshard}
+        tr.evaluate()
+        assert all(isinstance(p, DTensor) and p.dtype == torch.float32 for p in tr.model.parameters())
+    finally:
+        dist.destroy_process_group()
 
 
 @ZERO
