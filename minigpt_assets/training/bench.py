@@ -230,7 +230,8 @@ def _run_job(job: TrainJob, cfg, rank: int, world: int) -> dict:
             "tokens_per_s": tps, "mfu": mfu, "peak_mem_GB": (torch.cuda.max_memory_allocated(dev) / 2**30) if gpu
             else None, "data_wait": float(np.sum(waits)) / elapsed, "first_loss": losses[0], "last_loss": losses[-1],
             "tail_loss": float(np.mean(losses[-10:])),
-            "device": name, "gpus": world, "strategy": job.strategy, **({"profile": top} if top else {})}
+            # the rows a forward+backward takes at once (micro_batch_size auto may have halved the batch)
+            "micro_batch": trainer.micro if job.impl.startswith("ours") else job.batch, "device": name, "gpus": world, "strategy": job.strategy, **({"profile": top} if top else {})}
 
 
 def _sync(gpu: bool) -> None:
@@ -346,7 +347,8 @@ def run_train_bench(models: list[str] | None, recipes: dict, device: str | None,
     """Run every (shape, variant) and print the table. `recipes`: model recipe name -> config dict, for names
     that are not built-in shapes; `mixture`: (name, folder, seq_len) of real tokens to train on; `to_loss`:
     time each variant to this validation loss instead (at most `steps` steps; "auto": to the first variant's best
-    after all `steps`); `nproc` > 1: each variant also as `nproc` ranks under each of `strategies`."""
+    after all `steps`); `nproc` > 1 or `strategies`: each variant also as `nproc` ranks under torchrun, once per
+    strategy (with `nproc` 1: one rank, what the strategy's wrapping costs)."""
     import json
     import platform
 
@@ -471,4 +473,5 @@ def to_loss_table(rows: list[dict]) -> tuple[list[str], list[tuple]]:
 
 
 if __name__ == "__main__":
-    sys.exit(worker(run_job, sys.argv[1:], lambda job: {"model": job["name"], "impl": job["impl"]}))
+    sys.exit(worker(run_job, sys.argv[1:], lambda job: {"model": job["name"], "impl": job["impl"],
+                                                         "gpus": job["nproc"], "strategy": job["strategy"]}))
