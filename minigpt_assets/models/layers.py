@@ -304,8 +304,14 @@ def _grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
         return False
 
 
+def _mm_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the experts' matmuls run in: autocast's where it is on (as `torch.bmm` would), else x's."""
+    t = x.device.type
+    return torch.get_autocast_dtype(t) if torch.is_autocast_enabled(t) else x.dtype
+
+
 def _grouped_mm_ok(x: torch.Tensor) -> bool:
-    return _grouped_mm_works(x.device.type, x.dtype)
+    return _grouped_mm_works(x.device.type, _mm_dtype(x))
 
 
 class Experts(nn.Module):
@@ -324,11 +330,12 @@ class Experts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(n, d, hidden))
 
     def forward(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        if _grouped_mm_ok(x_sorted):
-            offs = torch.cumsum(counts, 0).to(torch.int32)
-            g = torch._grouped_mm(x_sorted, self.gate_proj.transpose(1, 2), offs=offs)
-            u = torch._grouped_mm(x_sorted, self.up_proj.transpose(1, 2), offs=offs)
-            return torch._grouped_mm(F.silu(g) * u, self.down_proj.transpose(1, 2), offs=offs)
+        if _grouped_mm_ok(x_sorted):  # under autocast in its dtype (fp32 activations would not take this path)
+            dt = _mm_dtype(x_sorted)
+            x, offs = x_sorted.to(dt), torch.cumsum(counts, 0).to(torch.int32)
+            g = torch._grouped_mm(x, self.gate_proj.to(dt).transpose(1, 2), offs=offs)
+            u = torch._grouped_mm(x, self.up_proj.to(dt).transpose(1, 2), offs=offs)
+            return torch._grouped_mm(F.silu(g) * u, self.down_proj.to(dt).transpose(1, 2), offs=offs)
         n = self.gate_proj.shape[0]
         expert = torch.repeat_interleave(torch.arange(n, device=x_sorted.device), counts,
                                          output_size=x_sorted.shape[0])

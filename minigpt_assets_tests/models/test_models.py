@@ -246,3 +246,28 @@ def test_moe_bmm_fallback_matches_grouped_path(monkeypatch):
         with torch.no_grad():
             outs.append(layer(x))
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-4)
+
+
+def test_moe_grouped_path_under_autocast_runs_in_its_dtype(monkeypatch):
+    """Under bf16 autocast the activations stay fp32, but the experts' grouped matmuls run in bf16, as the bmm
+    path's do (on CUDA only bf16 has grouped matmuls): both paths agree, gradients included."""
+    from minigpt_assets.models import layers
+
+    if not layers._grouped_mm_works("cpu", torch.bfloat16):
+        pytest.skip("this torch build has no bf16 grouped matmul on CPU")
+    x = torch.randn(3, 7, 32)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert layers._mm_dtype(x) == torch.bfloat16
+    assert layers._mm_dtype(x) == torch.float32
+    cfg = make_config({**TINY, "family": "moe", "moe": {"n_routed": 5, "top_k": 2, "n_shared": 1}})
+    layer = build_model(cfg).moe_layers()[0]
+    outs = []
+    for grouped in (True, False):
+        monkeypatch.setattr(layers, "_grouped_mm_ok", lambda t, g=grouped: g)
+        layer.zero_grad()
+        with torch.autocast("cpu", torch.bfloat16):
+            out = layer(x)
+        out.float().square().mean().backward()
+        outs.append((out.float(), layer.experts.gate_proj.grad.clone()))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(outs[0][1], outs[1][1], atol=2e-2, rtol=5e-2)
