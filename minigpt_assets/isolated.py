@@ -17,8 +17,9 @@ def spawn(module: str, job: dict, ident: dict, timeout: float | None = None, npr
     """Run `python -m module JOB_JSON` (with `nproc` > 1 or `torchrun`: `nproc` ranks under torchrun on this
     machine, rank 0 reporting) and return its result (or `ident` with the error). On `timeout` the whole process
     group goes."""
-    launch = [sys.executable] if nproc == 1 and not torchrun else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                  f"--nproc-per-node={nproc}"]
+    launch = [sys.executable]
+    if nproc > 1 or torchrun:
+        launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     proc = subprocess.Popen([*launch, "-m", module, json.dumps(job)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -231,7 +231,8 @@ def _run_job(job: TrainJob, cfg, rank: int, world: int) -> dict:
             else None, "data_wait": float(np.sum(waits)) / elapsed, "first_loss": losses[0], "last_loss": losses[-1],
             "tail_loss": float(np.mean(losses[-10:])),
             # the rows a forward+backward takes at once (micro_batch_size auto may have halved the batch)
-            "micro_batch": trainer.micro if job.impl.startswith("ours") else job.batch, "device": name, "gpus": world, "strategy": job.strategy, **({"profile": top} if top else {})}
+            "micro_batch": trainer.micro if job.impl.startswith("ours") else job.batch,
+            "device": name, "gpus": world, "strategy": job.strategy, **({"profile": top} if top else {})}
 
 
 def _sync(gpu: bool) -> None:
@@ -261,7 +262,8 @@ def _time_to_loss(job: TrainJob, step, batches, evaluate, gpu: bool) -> dict:
             break
     reached = val is not None and val <= job.to_loss
     return {"model": job.name, "impl": job.impl, "batch": job.batch, "seq": job.seq, "to_loss": job.to_loss,
-            "lr": _stage(job).optim.lr, "reached": reached, "seconds": trained if reached else None, "steps": i, "tokens": i * job.batch * job.seq,
+            "lr": _stage(job).optim.lr, "reached": reached, "seconds": trained if reached else None, "steps": i,
+            "tokens": i * job.batch * job.seq,
             "val_loss": val, "curve": curve}
 
 

@@ -57,7 +57,8 @@ def profile_steps(steps: int, step, batches, gpu: bool, top: int = 15) -> dict:
 def print_profile(r: dict, gpu: bool) -> None:
     """A bench row's profile: the step's wall and busy time by kind, then the top kernels (on CPU: operators)."""
     p = r["profile"]
-    print(f"\nprofile: {r['model']} {r['impl']}" + (f" x{r['gpus']} {r['strategy']}" if r.get("strategy", "none") != "none" else "")
+    ranks = f" x{r['gpus']} {r['strategy']}" if r.get("strategy", "none") != "none" else ""
+    print(f"\nprofile: {r['model']} {r['impl']}{ranks}"
           + f": {p['wall_ms_per_step']:.1f} ms a step, " + (f"the GPU busy {p['busy_ms_per_step']:.1f} ms: "
           if gpu else f"{p['busy_ms_per_step']:.1f} ms of CPU self time: ")
           + ", ".join(f"{k} {v:.1f}" for k, v in sorted(p["kinds"].items(), key=lambda kv: -kv[1])))
