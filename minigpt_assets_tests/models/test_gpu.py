@@ -63,6 +63,30 @@ def test_grouped_mm_moe_equals_bmm_path(monkeypatch):
         assert (ga[k] - gb[k]).abs().max() <= 3e-2 * max(ga[k].abs().max().item(), 1e-6), k
 
 
+def test_grouped_mm_moe_under_autocast_equals_bmm_path(monkeypatch):
+    """fp32 weights under bf16 autocast (how the trainer runs): the experts take the grouped matmul in bf16."""
+    cfg = make_config({**CFG, "family": "moe", "moe": {"n_routed": 8, "top_k": 2, "n_shared": 1,
+                                                         "intermediate_size": 128}})
+    torch.manual_seed(0)
+    model = build_model(cfg).cuda().train()
+    ids = torch.randint(0, 512, (4, 256), device="cuda")
+    with torch.autocast("cuda", torch.bfloat16):
+        assert layers._grouped_mm_ok(torch.zeros(1, device="cuda"))  # fp32 activations, bf16 matmuls
+    results = []
+    for grouped in (True, False):
+        monkeypatch.setattr(layers, "_grouped_mm_ok", lambda x, g=grouped: g)
+        model.zero_grad()
+        with torch.autocast("cuda", torch.bfloat16):
+            out = model(ids)
+        out.float().logsumexp(-1).mean().backward()
+        results.append((out.float(), {k: p.grad.float().clone() for k, p in model.named_parameters()
+                                      if p.grad is not None}))
+    (a, ga), (b, gb) = results
+    assert (a - b).abs().max() / a.abs().max() < 2e-2
+    for k in ga:
+        assert (ga[k] - gb[k]).abs().max() <= 3e-2 * max(ga[k].abs().max().item(), 1e-6), k
+
+
 @pytest.mark.parametrize("family", ["llama", "moe"])
 def test_matches_transformers_on_gpu(family, tmp_path):
     transformers = pytest.importorskip("transformers")
