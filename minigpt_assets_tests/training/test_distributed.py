@@ -15,12 +15,12 @@ import pytest
 from minigpt_assets_tests.training.test_trainer import EOS, MODEL, counting_corpus, stage
 
 
-def _spec(tmp_path: Path, name: str, strategy: str = "none", max_steps: int | None = None) -> Path:
+def _spec(tmp_path: Path, name: str, strategy: str = "none", max_steps: int | None = None, **stage_fields) -> Path:
     tokens = tmp_path / "tokens.npy"
     if not tokens.exists():
         np.save(tokens, counting_corpus())
     moe = {**MODEL, "family": "moe", "moe": {"n_routed": 4, "top_k": 2, "n_shared": 1, "first_dense_layers": 1}}
-    spec = {"model": moe, "stage": stage(max_steps=8, checkpoint_every=4).model_dump(mode="json"),
+    spec = {"model": moe, "stage": stage(max_steps=8, checkpoint_every=4, **stage_fields).model_dump(mode="json"),
             "run_dir": str(tmp_path / name), "device": "cpu", "strategy": strategy, "max_steps": max_steps,
             "data": {"kind": "array", "path": str(tokens), "seq_len": 32, "eos": EOS}}
     path = tmp_path / f"{name}.json"
@@ -63,10 +63,7 @@ def test_two_ranks_match_one_process(tmp_path, single, strategy):
 
 
 def test_fsdp_that_keeps_gathered_blocks_for_the_backward_matches_one_process(tmp_path, single):
-    path = _spec(tmp_path, "keep", "fsdp")
-    d = json.loads(path.read_text())
-    d["stage"]["reshard_after_forward"] = False
-    path.write_text(json.dumps(d))
+    path = _spec(tmp_path, "keep", "fsdp", reshard_after_forward=False)
     np.testing.assert_allclose(_run(path, nproc=2)["losses"], single["losses"], rtol=2e-4)
 
 
@@ -202,15 +199,8 @@ def test_launch_commands_per_profile(tmp_path):
 def test_fsdp_under_bf16_gathers_bf16_and_tracks_one_bf16_process(tmp_path):
     """FSDP2's mixed-precision policy (bf16 gathers, fp32 reduction, fp32 master weights) with the fused loss:
     2 ranks follow one bf16 process within bf16 noise (measured: 3.6e-4 relative at most over 8 steps)."""
-    def spec(name: str, strategy: str) -> Path:
-        path = _spec(tmp_path, name, strategy)
-        d = json.loads(path.read_text())
-        d["stage"].update(dtype="bfloat16", fused_loss=True)
-        path.write_text(json.dumps(d))
-        return path
-
-    one = _run(spec("one", "none"))["losses"]
-    two = _run(spec("fsdp", "fsdp"), nproc=2)["losses"]
+    one = _run(_spec(tmp_path, "one", "none", dtype="bfloat16", fused_loss=True))["losses"]
+    two = _run(_spec(tmp_path, "fsdp", "fsdp", dtype="bfloat16", fused_loss=True), nproc=2)["losses"]
     assert len(one) == len(two) == 8
     np.testing.assert_allclose(two, one, rtol=1e-3)
     import torch
