@@ -201,7 +201,7 @@ def _run_job(job: TrainJob, cfg, rank: int, world: int) -> dict:
                 token_stream(cfg.vocab_size, job.eval_batches * job.batch * (job.seq + 1) + 1, job.doc_len, eos,
                              job.seed + 1), job.seq, eos))
             try:
-                return _time_to_loss(job, step, batches, evaluate, gpu)
+                return _time_to_loss(job, stage.optim.lr, step, batches, evaluate, gpu)
             finally:
                 batches.close()
         waits, losses = [], []
@@ -243,9 +243,9 @@ def _sync(gpu: bool) -> None:
         torch.cuda.synchronize()
 
 
-def _time_to_loss(job: TrainJob, step, batches, evaluate, gpu: bool) -> dict:
-    """Steps from 0 until the validation loss reaches `job.to_loss`: wall seconds of training (compilation
-    included, evaluation excluded), steps and tokens."""
+def _time_to_loss(job: TrainJob, lr: float, step, batches, evaluate, gpu: bool) -> dict:
+    """Steps from 0 until the validation loss reaches `job.to_loss` (at peak LR `lr`): wall seconds of training
+    (compilation included, evaluation excluded), steps and tokens."""
 
     trained, val, curve = 0.0, None, []
     for i in range(1, job.steps + 1):
@@ -262,7 +262,7 @@ def _time_to_loss(job: TrainJob, step, batches, evaluate, gpu: bool) -> dict:
             break
     reached = val is not None and val <= job.to_loss
     return {"model": job.name, "impl": job.impl, "batch": job.batch, "seq": job.seq, "to_loss": job.to_loss,
-            "lr": _stage(job).optim.lr, "reached": reached, "seconds": trained if reached else None, "steps": i,
+            "lr": lr, "reached": reached, "seconds": trained if reached else None, "steps": i,
             "tokens": i * job.batch * job.seq,
             "val_loss": val, "curve": curve}
 
