@@ -29,7 +29,7 @@ def _full_state(t) -> tuple[dict, dict]:
     checkpoint written under FSDP resumes on one process and the other way round."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    from minigpt_assets.training.trainer import SHARDED
+    from minigpt_assets.training.parallel import SHARDED
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=t.strategy in SHARDED)
     return get_state_dict(t.model, t.optimizer, options=opts)

@@ -25,11 +25,10 @@ from minigpt_assets.store import OBJECTIVE_METRICS
 from minigpt_assets.training import checkpoint as ckpt
 from minigpt_assets.training.config import OptimConfig, StageConfig
 from minigpt_assets.training.optimizers import OptimizerError, build_optimizer
+from minigpt_assets.training.parallel import SHARDED, parallelize, reshard
 
 
 STRATEGIES = ("none", "ddp", "fsdp", "hsdp", "zero2", "zero3")  # zero*: DeepSpeed ZeRO stage 2 or 3
-#: FSDP2 over one mesh dimension (fsdp), or two: replicated across nodes, sharded within a node (hsdp)
-SHARDED = ("fsdp", "hsdp")
 #: what an objective's step statistics may add to a metrics row (the held-out `val_` ones come at evaluation steps)
 STAGE_METRICS = tuple(k for k in OBJECTIVE_METRICS if not k.startswith("val_"))
 
@@ -132,7 +131,11 @@ class Trainer:
             to_float8(self.model)
         self.stats: dict[str, float] = {}
         self.val_stats: dict[str, float] = {}
-        self.train_model = self._parallelize()
+        try:
+            self.train_model = parallelize(self.model, strategy, world_size, self.device, self.dtype, self.compiled,
+                                           stage.reshard_after_forward)
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
         # read the loss and the gradient norm on the host only when they are logged: the fused AdamW can skip a
         # non-finite step by itself (MoE's router update and DeepSpeed need the answer at once); on by default on
         # a GPU, where a host sync per step stalls the queue of kernels
@@ -167,42 +170,6 @@ class Trainer:
         self.bad_steps = 0
         self.bad_in_a_row = 0
         self.ckpt_root = self.run_dir / "checkpoints"
-
-    def _parallelize(self) -> torch.nn.Module:
-        """DDP replicates the module; FSDP2 (`fully_shard`) shards every block and then the root, so the
-        optimizer built afterwards holds only this rank's shard of each parameter. HSDP is FSDP2 on a 2-D mesh:
-        each node's ranks (torchrun's LOCAL_WORLD_SIZE) shard the model, and the nodes hold replicas whose
-        gradients are all-reduced, so the cross-node traffic is one all-reduce of a shard per step. Under bf16
-        the shards are gathered in bf16 (half the bytes of the fp32 master weights, which the optimizer keeps) and
-        gradients reduced in fp32, as torchtitan does."""
-        model = self.model
-        if self.strategy in SHARDED:
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-            mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-                  if self.dtype == torch.bfloat16 else MixedPrecisionPolicy())
-
-            mesh = None
-            if self.strategy == "hsdp":
-                from torch.distributed.device_mesh import init_device_mesh
-
-                local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
-                if self.world_size % local:
-                    raise TrainingError(f"strategy hsdp: {self.world_size} ranks do not split into nodes of {local}")
-                mesh = init_device_mesh(self.device.type, (self.world_size // local, local),
-                                        mesh_dim_names=("replicate", "shard"))
-            for layer in model.model.layers:
-                fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=self.stage.reshard_after_forward)
-            fully_shard(model, mesh=mesh, mp_policy=mp)
-        if self.compiled:  # each block on its own: short compile times, and FSDP/checkpointing see the same modules
-            for layer in model.model.layers:
-                layer.compile()
-        if self.strategy == "ddp":
-            from torch.nn.parallel import DistributedDataParallel
-
-            model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                            else None)
-        return model
 
     def _grad_sync(self, enabled: bool):
         """Skip the gradient all-reduce on all but the last micro-batch of an accumulation."""
@@ -393,12 +360,8 @@ class Trainer:
             lambda: self.objective.evaluate(self.val, n),
             lambda: f"out of memory evaluating at micro_batch_size {self.micro}; "
                     "lower micro_batch_size or set it to auto")
-        if self.strategy in SHARDED:  # no backward follows to free the gathered weights (the root's, and every
-            from torch.distributed.fsdp import FSDPModule  # block's under reshard_after_forward: false)
-
-            for m in self.model.modules():
-                if isinstance(m, FSDPModule):
-                    m.reshard()
+        if self.strategy in SHARDED:  # no backward follows to free the gathered weights
+            reshard(self.model)
         return val_loss
 
     def fit(self, max_steps: int | None = None, resume: bool = True) -> TrainResult:
